@@ -1,0 +1,105 @@
+# crl — build, test, bench, demo.
+#
+#   make            build the library, the binaries and the tests into $(B)/
+#   make test       install missing Debian packages, build, run every test
+#   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
+#   make bench      speed figures beside their references (installs python3-torch)
+#   make deps       install the Debian packages crl needs (launch/install-deps.sh)
+#   make clean      remove build folders
+#
+# B selects the build folder, so that several builds (or people) can work
+# in one tree at once:  make B=/tmp/mybuild test
+
+B ?= build
+CC ?= cc
+OPT ?= -O2 -march=native
+SAN ?=
+PKGS := openblas libzmq libprotobuf-c hwloc libcjson stb
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -pthread $(OPT) $(SAN) \
+          -I. -Icommon -I$(B) $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS := -pthread $(SAN) $(EXTRA_LDFLAGS)
+LDLIBS := $(PKG_LIBS) -lm
+
+COMMON_SRCS ?= $(wildcard common/*.c)
+PROTO_C := $(B)/proto/crl.pb-c.c
+LIB_OBJS := $(COMMON_SRCS:%.c=$(B)/%.o) $(PROTO_C:.c=.o)
+LIB := $(B)/libcrl.a
+
+# Every file DIR/crl_NAME.c holds a main() and becomes $(B)/bin/crl-NAME;
+# the other .c files of DIR are linked into each program of DIR.
+PROG_DIRS := actor learner broker
+define prog_rules
+$(1)_MAINS := $$(wildcard $(1)/crl_*.c)
+$(1)_SHARED := $$(filter-out $(1)/crl_%.c,$$(wildcard $(1)/*.c))
+$(1)_PROGS := $$(patsubst $(1)/crl_%.c,$(B)/bin/crl-%,$$($(1)_MAINS))
+$$($(1)_PROGS): $(B)/bin/crl-%: $(B)/$(1)/crl_%.o $$($(1)_SHARED:%.c=$(B)/%.o) $(LIB)
+	@mkdir -p $$(@D)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+PROGS += $$($(1)_PROGS)
+endef
+$(foreach d,$(PROG_DIRS),$(eval $(call prog_rules,$(d))))
+
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BIN := $(B)/tests/crl-tests
+BENCH_BIN := $(B)/bin/crl-bench
+
+.PHONY: all deps test run-tests asan bench demo clean help
+all: $(LIB) $(PROGS) $(TEST_BIN)
+
+help:
+	@sed -n '2,12p' Makefile
+
+deps:
+	@bash launch/install-deps.sh
+
+$(B)/proto/crl.pb-c.c $(B)/proto/crl.pb-c.h: proto/crl.proto
+	@mkdir -p $(B)/proto
+	protoc-c --c_out=$(B) proto/crl.proto
+
+$(B)/%.o: %.c $(B)/proto/crl.pb-c.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(B)/proto/crl.pb-c.o: $(B)/proto/crl.pb-c.c
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(TEST_BIN): $(TEST_SRCS:%.c=$(B)/%.o) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
+
+$(BENCH_BIN): $(patsubst %.c,$(B)/%.o,$(wildcard bench/*.c)) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# `make test` first installs what is missing, then re-reads this Makefile
+# (pkg-config flags are only known once the packages are there).
+test: deps
+	@$(MAKE) --no-print-directory run-tests
+
+run-tests: all
+	@CRL_BIN_DIR=$(abspath $(B)/bin) bash tests/run.sh $(TEST_BIN)
+
+asan: deps
+	@$(MAKE) --no-print-directory B=build-asan OPT="-O1 -fno-omit-frame-pointer" \
+	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" run-tests
+
+bench: 
+	@CRL_WITH_TORCH=1 bash launch/install-deps.sh
+	@$(MAKE) --no-print-directory $(BENCH_BIN) $(PROGS)
+	@bash bench/run.sh $(BENCH_BIN)
+
+demo:
+	@echo "make demo: not implemented yet — it arrives with the distributed actor-learner system (issue 4)." >&2
+	@echo "What works today: make test, make bench (see README.md)." >&2
+	@exit 2
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)
