@@ -41,7 +41,7 @@ PROGS += $$($(1)_PROGS)
 endef
 $(foreach d,$(PROG_DIRS),$(eval $(call prog_rules,$(d))))
 
-TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_SRCS ?= $(wildcard tests/test_*.c)
 TEST_BIN := $(B)/tests/crl-tests
 BENCH_BIN := $(B)/bin/crl-bench
 
