@@ -27,9 +27,10 @@ void k_matmul_fwd_naive(float *out, const float *in, const float *W, const float
 void k_matmul_bwd_naive(float *din, float *dW, float *dbias, const float *dout, const float *in,
                         const float *W, int T, int K, int N);
 
-/* ---- embedding: out[T,D] = table[tokens[t]] ---- */
+/* ---- embedding: out[T,D] = table[tokens[t]]. Rows with tokens[t] < 0
+ * (image slots) are skipped: left as the caller filled them, no gradient. ---- */
 void k_embed_fwd(float *out, const float *table, const int *tokens, int T, int D);
-/* dtable[tokens[t]] += dout[t] */
+/* dtable[tokens[t]] += dout[t] (repeated tokens accumulate) */
 void k_embed_bwd(float *dtable, const float *dout, const int *tokens, int T, int D);
 
 /* ---- RMSNorm: out = x * rstd * w, rstd[t] = 1/sqrt(mean(x[t]^2) + eps) ---- */
@@ -52,9 +53,13 @@ void k_rope_bwd(float *dx, const int *pos, const float *cos_t, const float *sin_
  * sequence only. H must be a multiple of KVH (grouped-query attention: head h
  * uses kv head h / (H/KVH)). Scale 1/sqrt(hd).
  * att holds the softmax probabilities for the backward pass; its size in
- * floats is k_attention_att_size(). ---- */
+ * floats is k_attention_att_size(). Layout: for each sequence s (length n),
+ * for each head h, an n x n row-major block P[i][j]; only j <= i is defined
+ * (the rest may hold anything). Each sequence is computed on its own, so a
+ * row's output never depends on the other sequences of the batch. ---- */
 size_t k_attention_att_size(const int *seq_start, int nseq, int H);
-/* Floats of scratch that k_attention_bwd needs. */
+/* Floats of scratch that k_attention_bwd needs (the square of the longest
+ * sequence). */
 size_t k_attention_scratch_size(const int *seq_start, int nseq, int H, int hd);
 void k_attention_fwd(float *out, float *att, const float *q, const float *k, const float *v,
                      const int *seq_start, int nseq, int H, int KVH, int hd);
@@ -63,13 +68,17 @@ void k_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const f
                      int H, int KVH, int hd, float *scratch);
 void k_attention_fwd_naive(float *out, float *att, const float *q, const float *k, const float *v,
                            const int *seq_start, int nseq, int H, int KVH, int hd);
+void k_attention_bwd_naive(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                           const float *q, const float *k, const float *v, const int *seq_start,
+                           int nseq, int H, int KVH, int hd);
 
 /* ---- SwiGLU: out = silu(gate) * up, elementwise over n values ---- */
 void k_swiglu_fwd(float *out, const float *gate, const float *up, size_t n);
 void k_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                   size_t n);
 
-/* ---- GELU (exact, erf form — as PyTorch nn.GELU() default) ---- */
+/* ---- GELU (exact, erf form — as PyTorch nn.GELU() default; erf evaluated
+ * to ~1e-7 relative) ---- */
 void k_gelu_fwd(float *out, const float *in, size_t n);
 void k_gelu_bwd(float *din, const float *dout, const float *in, size_t n);
 
@@ -80,13 +89,20 @@ void k_add(float *out, const float *a, const float *b, size_t n);
  * For each t with targets[t] >= 0: logp[t] = log softmax(logits[t] / temp)[targets[t]];
  * rows with targets[t] < 0 get logp[t] = 0 and no gradient.
  * entropy (may be NULL): entropy of softmax(logits[t]/temp) for every row.
- * Cross-entropy loss = -mean(logp over targeted rows). ---- */
+ * Cross-entropy loss = -mean(logp over targeted rows).
+ * A row's result depends on that row only (same bits whatever else is in the
+ * batch), so a sampler scoring one row matches the learner's batch. ---- */
 void k_logprobs_fwd(float *logp, float *entropy, const float *logits, const int *targets, int T,
-                    int V, float temp);
+                    int V, float temp); /* temp > 0, targets[t] < V */
 /* dlogits[t] = dlogp[t] * d logp[t] / d logits[t]  (OVERWRITES dlogits; rows with
  * targets[t] < 0 are set to zero). dlogits may alias logits. */
 void k_logprobs_bwd(float *dlogits, const float *dlogp, const float *logits, const int *targets,
                     int T, int V, float temp);
+
+/* The exp used by every softmax, sigmoid and GELU here (~2 ulp of expf,
+ * exactly 0 below -87, clamped above 88); the same bits in vector and scalar
+ * code. Exported for tests. */
+float k_expf(float x);
 
 /* Sets OpenBLAS to n threads (1 = single-threaded); returns the previous count. */
 int k_set_threads(int n);
