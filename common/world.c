@@ -993,7 +993,11 @@ static int choose_scene(gen_t *g, world_scene_t *out, char *err, size_t errlen)
     world_scene_t s, dup;
     for (int attempt = 0; attempt < MAX_SCENE_TRIES && valid < n_candidates; attempt++) {
         int j = g->n_slots > 0 ? valid % g->n_slots : -1;
-        if (j >= 0)
+        /* Aim at slot j's target for a while, then fall back to plain
+         * scenes: a target can rule out other slots' questions (three red
+         * circles on a 2x2 grid leave no pair of unique objects). */
+        int aimed = j >= 0 && target_tries < TARGET_TRIES;
+        if (aimed)
             sample_candidate(g, &s, j);
         else
             sample_plain(g, &s);
@@ -1008,7 +1012,7 @@ static int choose_scene(gen_t *g, world_scene_t *out, char *err, size_t errlen)
         }
         /* Rejection towards slot j's target, bounded so a hard target
          * cannot stall the run. */
-        if (j >= 0 && target_tries < TARGET_TRIES) {
+        if (aimed) {
             const slot_t *sl = &g->slots[j];
             if (!((answer_mask(g, &s, sl->type) >> slot_correct(sl, sl->opts[0])) & 1u)) {
                 target_tries++;
@@ -1016,8 +1020,10 @@ static int choose_scene(gen_t *g, world_scene_t *out, char *err, size_t errlen)
             }
         }
         int score = g->n_slots > 0 ? candidate_score(g, &s) : 0;
-        if (score < 0)
+        if (score < 0) {
+            target_tries++;
             continue;
+        }
         target_tries = 0;
         valid++;
         if (score > best_score) {

@@ -2,7 +2,8 @@
  *   sft     supervised warm-up of the base model (tokenizer, captions,
  *           policy answers, critic verdicts)
  *   rl      GRPO training from live actors (the default)
- *   replay  train from a recorded trajectory log */
+ *   replay  train from a recorded trajectory log
+ *   config  print the effective config (for scripts) */
 #include <stdio.h>
 #include <string.h>
 
@@ -11,10 +12,11 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: crl-learner [sft|rl|replay] [--config FILE] [--set key=value]... [--help]\n"
+            "usage: crl-learner [sft|rl|replay|config] [--config FILE] [--set key=value]... [--help]\n"
             "  sft      supervised warm-up of the base model (see crl-learner sft --help)\n"
             "  rl       GRPO from live actors (default; see crl-learner rl --help)\n"
-            "  replay   train from a recorded trajectory log\n");
+            "  replay   train from a recorded trajectory log\n"
+            "  config   print the effective config (or --get KEY), as every binary reads it\n");
 }
 
 int main(int argc, char **argv)
@@ -27,6 +29,8 @@ int main(int argc, char **argv)
         return learner_sft_main(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "rl"))
         return learner_rl_main(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "config"))
+        return learner_config_main(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "replay"))
         return learner_replay_main(argc - 1, argv + 1);
     if (argc >= 2 && argv[1][0] != '-') {

@@ -7,5 +7,6 @@
 int learner_sft_main(int argc, char **argv);    /* learner/sft.c */
 int learner_rl_main(int argc, char **argv);     /* learner/rl.c */
 int learner_replay_main(int argc, char **argv); /* learner/replay.c */
+int learner_config_main(int argc, char **argv); /* learner/config_cmd.c */
 
 #endif
