@@ -10,9 +10,18 @@
  * and the generated caches are indexed by sample, not row, so compaction
  * costs nothing but an index list, and finished samples cost no compute.
  *
- * Numerics follow model_forward: the same kernels (RMSNorm, RoPE tables,
- * matmul, SwiGLU, GELU, log-probs) in the same order, so the learner's
- * recomputed log-probs match the behaviour log-probs to float rounding. */
+ * Numerics follow model_forward: the same math in the same order, through
+ * the same kernels where they fit (RMSNorm, RoPE tables, SwiGLU, GELU,
+ * log-probs, sgemm for the prompt), and through two small kernels of this
+ * file where they do not (few-row matmul, attention against the caches;
+ * both float with FMA like sgemm). So the learner's recomputed log-probs
+ * match the behaviour log-probs to float rounding: sgemm itself gives a
+ * row different bits depending on how many rows it is batched with, so
+ * bit-equality is not on offer even between two model_forward calls.
+ *
+ * sampler_last_logits: row g holds the logits sample g's most recent token
+ * was drawn from (a finished sample keeps the row of its eos). Output slots
+ * past out_len[g] are set to token -1, log-prob 0. eos_id < 0 means none. */
 #include "sampler.h"
 
 #include <errno.h>
@@ -197,6 +206,14 @@ const float *sampler_last_logits(const sampler_t *s)
  * product per projection, not G matrix-vector products. Accumulation is in
  * float with FMA, like sgemm; only the summation order differs. */
 
+/* Fused multiply-add where the hardware has it (as sgemm uses), a plain
+ * multiply-add otherwise (fmaf would be a slow library call). */
+#ifdef __FMA__
+#define MADD(a, b, c) fmaf(a, b, c)
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define SAMPLER_AVX2 1
@@ -255,7 +272,7 @@ static float dot_avx(const float *a, const float *b, int K)
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
     float sum = hsum8(acc);
     for (; k < K; k++)
-        sum = fmaf(a[k], b[k], sum);
+        sum = MADD(a[k], b[k], sum);
     return sum;
 }
 #endif
@@ -299,7 +316,7 @@ void sampler_matmul_rows(float *out, const float *in, const float *W, int M, int
             const float *a = in + (size_t)m * K, *b = W + (size_t)n * K;
             float sum = 0.0f;
             for (int k = 0; k < K; k++)
-                sum = fmaf(a[k], b[k], sum);
+                sum = MADD(a[k], b[k], sum);
             out[(size_t)m * N + n] = sum;
         }
 }
@@ -350,7 +367,7 @@ static void scores_t(float *sc, const float *q, const float *kt, int ld, int n, 
     for (; j < n; j++) {
         float a = 0.0f;
         for (int d = 0; d < hd; d++)
-            a = fmaf(q[d], kt[(size_t)d * ld + j], a);
+            a = MADD(q[d], kt[(size_t)d * ld + j], a);
         sc[j] = a * scale;
     }
 }
@@ -386,7 +403,7 @@ static void weighted_sum(float *out, const float *p, const float *v, int ld, int
     for (; d < hd; d++) {
         float a = out[d];
         for (int j = 0; j < n; j++)
-            a = fmaf(p[j], v[(size_t)j * ld + d], a);
+            a = MADD(p[j], v[(size_t)j * ld + d], a);
         out[d] = a;
     }
 }
@@ -723,9 +740,11 @@ static int check_args(const sampler_t *s, const model_t *m, const int *prompt, i
                   p->max_new_tokens, c->max_seq_len);
         return -EINVAL;
     }
-    if (!(p->temperature >= 0.0f) || !isfinite(p->temperature) || !(p->top_p > 0.0f) ||
-        !(p->top_p <= 1.0f)) {
-        log_error("sampler_generate: bad temperature %g or top_p %g (need T >= 0, 0 < top_p <= 1)",
+    /* Below 1e-3, logits / T overflows for ordinary logits: use 0 (greedy). */
+    if (!(p->temperature == 0.0f || p->temperature >= 1e-3f) || !isfinite(p->temperature) ||
+        !(p->top_p > 0.0f) || !(p->top_p <= 1.0f)) {
+        log_error("sampler_generate: bad temperature %g or top_p %g (need T = 0 or T >= 1e-3, "
+                  "0 < top_p <= 1)",
                   (double)p->temperature, (double)p->top_p);
         return -EINVAL;
     }

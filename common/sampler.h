@@ -30,12 +30,16 @@ void sampler_destroy(sampler_t **s);
  * the chosen token under the full softmax(logits / temperature) — what the
  * learner recomputes — not the top-p-renormalised or ban-masked one; for
  * greedy (temperature 0) it is taken at temperature 1.
- * Returns 0, or negative errno on bad arguments. */
+ * Slots past out_len[g] hold token -1 and log-prob 0. eos_id < 0 means no
+ * eos. Temperatures in (0, 1e-3) are refused (logits / T would overflow).
+ * An image is ignored when the prompt has no image slots.
+ * Returns 0, or negative errno on bad arguments (with a log line). */
 int sampler_generate(sampler_t *s, const model_t *m, const int *prompt, int prompt_len,
                      const float *image, int G, const sample_params_t *p, rng_t *rng,
                      int *out_tokens, float *out_logp, int *out_len);
 
-/* Logits (G, V) of the most recent decode step (for tests and the critic judge). */
+/* Logits (G, V) of the most recent decode step (for tests and the critic
+ * judge). A sample that has stopped keeps the logits its eos was drawn from. */
 const float *sampler_last_logits(const sampler_t *s);
 
 #endif

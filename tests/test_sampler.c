@@ -428,6 +428,10 @@ Test(sampler, bad_arguments_rejected)
     q = p;
     q.temperature = -1.0f;
     cr_assert_eq(GEN(m, prompt, plen, img, 1, &q, &r), -EINVAL, "negative temperature");
+    q.temperature = 1e-30f;
+    cr_assert_eq(GEN(m, prompt, plen, img, 1, &q, &r), -EINVAL, "temperature 1e-30 (overflows)");
+    q.temperature = NAN;
+    cr_assert_eq(GEN(m, prompt, plen, img, 1, &q, &r), -EINVAL, "NaN temperature");
     q = p;
     q.top_p = 0.0f;
     cr_assert_eq(GEN(m, prompt, plen, img, 1, &q, &r), -EINVAL, "top_p 0");
