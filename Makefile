@@ -73,7 +73,7 @@ $(TEST_BIN): $(TEST_SRCS:%.c=$(B)/%.o) $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
 
-$(BENCH_BIN): $(patsubst %.c,$(B)/%.o,$(wildcard bench/*.c)) $(LIB)
+$(BENCH_BIN): $(patsubst %.c,$(B)/%.o,$(wildcard tests/bench/*.c)) $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -92,7 +92,7 @@ asan: deps
 bench: 
 	@CRL_WITH_TORCH=1 bash launch/install-deps.sh
 	@$(MAKE) --no-print-directory $(BENCH_BIN) $(PROGS)
-	@bash bench/run.sh $(BENCH_BIN)
+	@bash tests/bench/run.sh $(BENCH_BIN)
 
 demo:
 	@echo "make demo: not implemented yet — it arrives with the distributed actor-learner system (issue 4)." >&2
