@@ -36,7 +36,8 @@ $(1)_SHARED := $$(filter-out $(1)/crl_%.c,$$(wildcard $(1)/*.c))
 $(1)_PROGS := $$(patsubst $(1)/crl_%.c,$(B)/bin/crl-%,$$($(1)_MAINS))
 $$($(1)_PROGS): $(B)/bin/crl-%: $(B)/$(1)/crl_%.o $$($(1)_SHARED:%.c=$(B)/%.o) $(LIB)
 	@mkdir -p $$(@D)
-	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+	@echo "  LD      $$@"
+	$$(Q)$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
 PROGS += $$($(1)_PROGS)
 endef
 $(foreach d,$(PROG_DIRS),$(eval $(call prog_rules,$(d))))
@@ -58,24 +59,31 @@ $(B)/proto/crl.pb-c.c $(B)/proto/crl.pb-c.h: proto/crl.proto
 	@mkdir -p $(B)/proto
 	protoc-c --c_out=$(B) proto/crl.proto
 
+# V=1 shows full command lines.
+Q := $(if $(filter 1,$(V)),,@)
+
 $(B)/%.o: %.c $(B)/proto/crl.pb-c.h
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
 $(B)/proto/crl.pb-c.o: $(B)/proto/crl.pb-c.c
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 $(LIB): $(LIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	@echo "  AR      $@"
+	$(Q)ar rcs $@ $^
 
 $(TEST_BIN): $(TEST_SRCS:%.c=$(B)/%.o) $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
 
 $(BENCH_BIN): $(patsubst %.c,$(B)/%.o,$(wildcard tests/bench/*.c)) $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # `make test` first installs what is missing, then re-reads this Makefile
 # (pkg-config flags are only known once the packages are there).

@@ -194,24 +194,31 @@ done:
     return out;
 }
 
-int ckpt_write_config(const char *path, const model_config_t *cfg, char *err, size_t errlen)
+char *ckpt_config_to_json_text(const model_config_t *cfg)
 {
     char *json = config_to_json(cfg);
-    if (!json) {
-        set_err(err, errlen, "%s: out of memory", path);
-        return -ENOMEM;
-    }
+    if (!json)
+        return NULL;
     size_t n = strlen(json);
     char *withnl = realloc(json, n + 2);
     if (!withnl) {
         free(json);
-        set_err(err, errlen, "%s: out of memory", path);
-        return -ENOMEM;
+        return NULL;
     }
     withnl[n] = '\n';
     withnl[n + 1] = '\0';
-    int rc = ckpt_write_file_atomic(path, withnl, n + 1, err, errlen);
-    free(withnl);
+    return withnl;
+}
+
+int ckpt_write_config(const char *path, const model_config_t *cfg, char *err, size_t errlen)
+{
+    char *text = ckpt_config_to_json_text(cfg);
+    if (!text) {
+        set_err(err, errlen, "%s: out of memory", path);
+        return -ENOMEM;
+    }
+    int rc = ckpt_write_file_atomic(path, text, strlen(text), err, errlen);
+    free(text);
     return rc;
 }
 
@@ -268,31 +275,19 @@ static int expect_string(const cJSON *root, const char *key, const char *want, i
     return 0;
 }
 
-int ckpt_read_config(const char *path, model_config_t *cfg, char *err, size_t errlen)
+/* The config.json reader shared by files and in-memory text (the Welcome's
+ * model_config_json); path names the source in every message. */
+static int parse_config_text(const char *buf, size_t n, const char *path, model_config_t *cfg,
+                             char *err, size_t errlen)
 {
-    FILE *fp = NULL;
-    char *buf = NULL;
     cJSON *root = NULL;
     int rc = -EINVAL;
     model_config_t c;
     memset(&c, 0, sizeof c);
 
-    fp = fopen(path, "rb");
-    if (!fp) {
-        rc = -errno;
-        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return rc;
-    }
-    buf = malloc(CKPT_MAX_CONFIG + 1);
-    if (!buf) {
-        set_err(err, errlen, "%s: out of memory", path);
-        rc = -ENOMEM;
-        goto done;
-    }
-    size_t n = fread(buf, 1, CKPT_MAX_CONFIG + 1, fp);
-    if (ferror(fp) || n > CKPT_MAX_CONFIG) {
-        set_err(err, errlen, "%s: read error or larger than %zu bytes", path, CKPT_MAX_CONFIG);
-        goto done;
+    if (n > CKPT_MAX_CONFIG) {
+        set_err(err, errlen, "%s: larger than %zu bytes", path, CKPT_MAX_CONFIG);
+        return -EINVAL;
     }
     root = cJSON_ParseWithLength(buf, n);
     if (!root || !cJSON_IsObject(root)) {
@@ -354,10 +349,47 @@ int ckpt_read_config(const char *path, model_config_t *cfg, char *err, size_t er
     rc = 0;
 done:
     cJSON_Delete(root);
+    return rc;
+}
+
+int ckpt_read_config(const char *path, model_config_t *cfg, char *err, size_t errlen)
+{
+    FILE *fp = NULL;
+    char *buf = NULL;
+    int rc = -EINVAL;
+
+    fp = fopen(path, "rb");
+    if (!fp) {
+        rc = -errno;
+        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return rc;
+    }
+    buf = malloc(CKPT_MAX_CONFIG + 1);
+    if (!buf) {
+        set_err(err, errlen, "%s: out of memory", path);
+        rc = -ENOMEM;
+        goto done;
+    }
+    size_t n = fread(buf, 1, CKPT_MAX_CONFIG + 1, fp);
+    if (ferror(fp) || n > CKPT_MAX_CONFIG) {
+        set_err(err, errlen, "%s: read error or larger than %zu bytes", path, CKPT_MAX_CONFIG);
+        goto done;
+    }
+    rc = parse_config_text(buf, n, path, cfg, err, errlen);
+done:
     free(buf);
     if (fp)
         fclose(fp);
     return rc;
+}
+
+int ckpt_config_from_json(const char *json, model_config_t *cfg, char *err, size_t errlen)
+{
+    if (!json || !cfg) {
+        set_err(err, errlen, "model_config_json: missing");
+        return -EINVAL;
+    }
+    return parse_config_text(json, strlen(json), "model_config_json", cfg, err, errlen);
 }
 
 static int join(char *out, size_t cap, const char *dir, const char *file, char *err, size_t errlen)

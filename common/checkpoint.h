@@ -34,6 +34,13 @@ model_t *ckpt_load_model(const char *dir, int with_grads, char *err, size_t errl
 int ckpt_read_config(const char *path, model_config_t *cfg, char *err, size_t errlen);
 /* Writes cfg as config.json at path (atomic). */
 int ckpt_write_config(const char *path, const model_config_t *cfg, char *err, size_t errlen);
+/* The same config.json reader and writer on in-memory text (the Welcome's
+ * model_config_json carries it to actors). from_json: every key checked as
+ * in ckpt_read_config, errors name "model_config_json" and the key; 0 or
+ * -EINVAL. to_json_text: exactly the text ckpt_write_config writes
+ * (newline-terminated); malloc'd, caller frees; NULL if out of memory. */
+int ckpt_config_from_json(const char *json, model_config_t *cfg, char *err, size_t errlen);
+char *ckpt_config_to_json_text(const model_config_t *cfg);
 
 /* AdamW moments (each m->n_params floats, model layout) as tensors
  * "exp_avg.<name>" and "exp_avg_sq.<name>", with the step count in the

@@ -46,6 +46,19 @@ static int check_run_name(const void *field, char *why, size_t whylen)
     return 0;
 }
 
+/* An actor id is the actor's ZeroMQ routing id and appears in every log
+ * line and trajectory record: printable, no spaces, "" = <hostname>-<pid>. */
+static int check_actor_id(const void *field, char *why, size_t whylen)
+{
+    const char *s = field;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f) {
+            snprintf(why, whylen, "printable ASCII without spaces (\"\" = <hostname>-<pid>)");
+            return -1;
+        }
+    return 0;
+}
+
 static int check_stem(const void *field, char *why, size_t whylen)
 {
     const char *s = field;
@@ -236,6 +249,10 @@ static const config_key_t schema[] = {
     B("rl.order_balanced", rl.order_balanced, "true", "half of each critic group sees the answers in swapped order"),
     B("rl.skip_zero_variance", rl.skip_zero_variance, "true", "skip the backward pass of groups whose rewards are all equal"),
     I("rl.checkpoint_every", rl.checkpoint_every, 0, 1000000000, "50", "checkpoint period in updates (0 = only at the end)"),
+    I("rl.micro_batch_tokens", rl.micro_batch_tokens, 0, 1 << 24, "4096",
+      "packed tokens per forward/backward pass of an update; gradients accumulate across passes (0 = one pass)"),
+    S("rl.init", rl.init, check_nonempty, "runs/base/ckpt/latest",
+      "checkpoint folder of the initial policy (and frozen reference), tokenizer.json beside it"),
 
     /* eval */
     I("eval.n_samples", eval.n_samples, 1, 1024, "8", "samples per question for pass@N, majority vote and self-critique"),
@@ -247,6 +264,9 @@ static const config_key_t schema[] = {
     I("actor.credits", actor.credits, 1, 1024, "2", "work grants an actor holds at once"),
     CPUS("actor.cpus", actor.cpus, "cores for the actors, split among them (\"auto\" = let the topology choose)"),
     I("actor.threads", actor.threads, 1, 1024, "1", "compute threads per actor"),
+    S("actor.id", actor.id, check_actor_id, "", "actor id, stable across restarts (\"\" = <hostname>-<pid>)"),
+    I("actor.max_unacked", actor.max_unacked, 1, 65536, "16",
+      "completed groups an actor holds awaiting the learner's Ack; when full it stops asking for work"),
 
     /* learner */
     CPUS("learner.cpus", learner.cpus, "cores of the learner (\"auto\" = let the topology choose)"),
@@ -258,6 +278,8 @@ static const config_key_t schema[] = {
       "fsync the trajectory log after every record, every traj_fsync_ms, or never"),
     I("learner.traj_fsync_ms", learner.traj_fsync_ms, 1, 3600000, "1000", "fsync period when learner.traj_fsync = interval"),
     I("learner.traj_rotate_mb", learner.traj_rotate_mb, 1, 1 << 20, "256", "start a new trajectory log file after this many MiB"),
+    I("learner.publish_timeout_ms", learner.publish_timeout_ms, 100, 86400000, "5000",
+      "wait this long for the broker's PublishAck before sending the weights again"),
 
     /* broker */
     CPUS("broker.cpus", broker.cpus, "cores of the broker (\"auto\" = let the topology choose)"),
@@ -265,6 +287,8 @@ static const config_key_t schema[] = {
     I("broker.keep_versions", broker.keep_versions, 1, 64, "2", "weights versions kept for fetching"),
     S("broker.upstream", broker.upstream, check_endpoint_or_empty, "",
       "fetch endpoint of an upstream broker to take weights from (\"\" = from the learner)"),
+    S("broker.upstream_announce", broker.upstream_announce, check_endpoint_or_empty, "",
+      "announce endpoint (PUB) of the upstream broker; required with broker.upstream"),
 
     /* network */
     S("network.learner_work", network.learner_work, check_endpoint, "tcp://127.0.0.1:5555",
@@ -1280,8 +1304,13 @@ int config_validate(const crl_config_t *cfg, char *err, size_t errlen)
                {"network.broker_publish", n->broker_publish},
                {"network.broker_announce", n->broker_announce},
                {"network.broker_fetch", n->broker_fetch},
-               {"broker.upstream", cfg->broker.upstream}};
+               {"broker.upstream", cfg->broker.upstream},
+               {"broker.upstream_announce", cfg->broker.upstream_announce}};
     const int n_eps = (int)(sizeof(eps) / sizeof(eps[0]));
+    /* A relay needs both: announces say what to fetch, fetch moves it. */
+    if ((cfg->broker.upstream[0] == '\0') != (cfg->broker.upstream_announce[0] == '\0'))
+        problem(&p, "broker.upstream (\"%s\") and broker.upstream_announce (\"%s\") must be set together",
+                cfg->broker.upstream, cfg->broker.upstream_announce);
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < i; j++)
             if (eps[i].ep[0] && strcmp(eps[i].ep, eps[j].ep) == 0)

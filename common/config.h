@@ -96,6 +96,8 @@ typedef struct {
     int order_balanced;
     int skip_zero_variance;
     int checkpoint_every;        /* steps; 0 = only at the end */
+    int micro_batch_tokens;      /* tokens per forward/backward pass of an update; 0 = all at once */
+    char init[CONFIG_PATH_LEN];  /* checkpoint folder of the initial policy / reference */
 } config_rl_t;
 
 typedef struct {
@@ -109,6 +111,8 @@ typedef struct {
     int credits;                 /* work grants an actor may hold at once */
     config_int_list_t cpus;
     int threads;
+    char id[CONFIG_NAME_LEN];    /* "" = <hostname>-<pid> */
+    int max_unacked;             /* completed groups held awaiting Ack */
 } config_actor_t;
 
 typedef struct {
@@ -119,6 +123,7 @@ typedef struct {
     int traj_fsync;              /* config_fsync_t */
     int traj_fsync_ms;
     int traj_rotate_mb;
+    int publish_timeout_ms;      /* PublishAck wait before re-sending the weights */
 } config_learner_t;
 
 typedef struct {
@@ -126,6 +131,7 @@ typedef struct {
     int chunk_bytes;
     int keep_versions;
     char upstream[CONFIG_ADDR_LEN]; /* "" = weights come from the learner */
+    char upstream_announce[CONFIG_ADDR_LEN]; /* upstream broker's PUB; set with upstream */
 } config_broker_t;
 
 typedef struct {

@@ -188,7 +188,7 @@ typedef struct {
     int resumed;            /* 1: continued from a checkpoint */
     int validated;          /* val below is filled */
     sft_val_result_t val;   /* last validation */
-    char ckpt_dir[CONFIG_PATH_LEN + 64]; /* the final checkpoint (the base model) */
+    char ckpt_dir[2 * CONFIG_PATH_LEN + 96]; /* the final checkpoint (the base model) */
 } sft_summary_t;
 
 void sft_run_options_default(sft_run_options_t *o);

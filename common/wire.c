@@ -195,6 +195,21 @@ static int validate_grant(const Crl__WorkGrant *g, const wire_limits_t *lim, cha
         return fail(err, errlen, "%s: task_kind %d is not CRITIC or POLICY", w, (int)g->task_kind);
     if ((rc = check_prompt(w, g->prompt_tokens, g->n_prompt_tokens, lim, &slots, err, errlen)) < 0)
         return rc;
+    if (g->n_prompt_tokens_alt > 0) {
+        /* the same pair in the other order: same rules, same image */
+        size_t alt_slots = 0;
+        if ((rc = check_prompt("work_grant (prompt_tokens_alt)", g->prompt_tokens_alt,
+                               g->n_prompt_tokens_alt, lim, &alt_slots, err, errlen)) < 0)
+            return rc;
+        if (alt_slots != slots)
+            return fail(err, errlen, "%s: prompt_tokens_alt has %zu image slots, prompt_tokens %zu",
+                        w, alt_slots, slots);
+        if (g->alt_count < 1 || g->alt_count > g->group_size)
+            return fail(err, errlen, "%s: alt_count %u outside [1, group_size %u] with an alt prompt",
+                        w, g->alt_count, g->group_size);
+    } else if (g->alt_count != 0) {
+        return fail(err, errlen, "%s: alt_count %u without prompt_tokens_alt", w, g->alt_count);
+    }
     if (g->image_size == 0) {
         if (g->image.len != 0)
             return fail(err, errlen, "%s: %zu image bytes but image_size is 0", w, g->image.len);
@@ -233,6 +248,10 @@ int wire_validate_group(const Crl__TrajectoryGroup *g, const wire_limits_t *lim,
         return rc;
     if ((rc = check_prompt(w, g->prompt_tokens, g->n_prompt_tokens, lim, NULL, err, errlen)) < 0)
         return rc;
+    if (g->n_prompt_tokens_alt > 0 &&
+        (rc = check_prompt("trajectory_group (prompt_tokens_alt)", g->prompt_tokens_alt,
+                           g->n_prompt_tokens_alt, lim, NULL, err, errlen)) < 0)
+        return rc;
     if (g->group_size < 1 || g->group_size > lim->max_group_size)
         return fail(err, errlen, "%s: group_size %u outside [1, %u]", w, g->group_size,
                     lim->max_group_size);
@@ -249,6 +268,10 @@ int wire_validate_group(const Crl__TrajectoryGroup *g, const wire_limits_t *lim,
         if (sm->n_tokens != sm->n_logprobs)
             return fail(err, errlen, "%s: sample %zu has %zu tokens but %zu logprobs", w, s,
                         sm->n_tokens, sm->n_logprobs);
+        if (sm->prompt_index > 1 || (sm->prompt_index == 1 && g->n_prompt_tokens_alt == 0))
+            return fail(err, errlen, "%s: sample %zu has prompt_index %u (%s)", w, s,
+                        sm->prompt_index,
+                        g->n_prompt_tokens_alt ? "must be 0 or 1" : "must be 0: no alt prompt");
         if (sm->n_tokens > lim->max_new_tokens)
             return fail(err, errlen, "%s: sample %zu has %zu tokens (max %u)", w, s, sm->n_tokens,
                         lim->max_new_tokens);
