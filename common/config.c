@@ -1307,10 +1307,6 @@ int config_validate(const crl_config_t *cfg, char *err, size_t errlen)
                {"broker.upstream", cfg->broker.upstream},
                {"broker.upstream_announce", cfg->broker.upstream_announce}};
     const int n_eps = (int)(sizeof(eps) / sizeof(eps[0]));
-    /* A relay needs both: announces say what to fetch, fetch moves it. */
-    if ((cfg->broker.upstream[0] == '\0') != (cfg->broker.upstream_announce[0] == '\0'))
-        problem(&p, "broker.upstream (\"%s\") and broker.upstream_announce (\"%s\") must be set together",
-                cfg->broker.upstream, cfg->broker.upstream_announce);
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < i; j++)
             if (eps[i].ep[0] && strcmp(eps[i].ep, eps[j].ep) == 0)
