@@ -262,9 +262,13 @@ static void report(const char *dir)
     }
 }
 
+/* tests/bench/bench_broker.c: weights fan-out through the broker vs raw zmq. */
+int bench_broker_run(FILE *json);
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: crl-bench --threads N --json FILE   measure at N threads, append JSON lines\n"
+               "       crl-bench --broker --json FILE      weights fan-out: broker vs raw zmq\n"
                "       crl-bench --report DIR              print the side-by-side table\n");
 }
 
@@ -272,11 +276,14 @@ int main(int argc, char **argv)
 {
     int threads = 1;
     const char *json_path = NULL, *report_dir = NULL;
+    int broker = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json_path = argv[++i];
+        else if (!strcmp(argv[i], "--broker"))
+            broker = 1;
         else if (!strcmp(argv[i], "--report") && i + 1 < argc)
             report_dir = argv[++i];
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -301,6 +308,11 @@ int main(int argc, char **argv)
     if (!json) {
         fprintf(stderr, "crl-bench: cannot open %s: %s\n", json_path, strerror(errno));
         return 1;
+    }
+    if (broker) {
+        int brc = bench_broker_run(json);
+        fclose(json);
+        return brc == 0 ? 0 : 1;
     }
     k_set_threads(threads);
     double sg = bench_sgemm();

@@ -18,3 +18,6 @@ for t in 1 2; do
   fi
 done
 "$bench" --report "$out"
+echo
+echo "== weights fan-out: learner publish -> every actor holds the version (broker vs raw zmq) =="
+"$bench" --broker --json "$out/broker.jsonl" || exit 1
