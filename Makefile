@@ -4,6 +4,7 @@
 #   make test       install missing Debian packages, build, run every test
 #   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make bench      speed figures beside their references (installs python3-torch)
+#   make fuzz       fuzz every parser for FUZZ_SECONDS (300) each (tests/fuzz/run.sh)
 #   make deps       install the Debian packages crl needs (launch/install-deps.sh)
 #   make clean      remove build folders
 #
@@ -46,7 +47,9 @@ TEST_SRCS ?= $(wildcard tests/test_*.c)
 TEST_BIN := $(B)/tests/crl-tests
 BENCH_BIN := $(B)/bin/crl-bench
 
-.PHONY: all deps test run-tests asan bench demo clean help
+.PHONY: all deps test run-tests asan bench demo clean help fuzz
+FUZZ_SECONDS ?= 300
+FUZZ_SHORT ?= 5
 all: $(LIB) $(PROGS) $(TEST_BIN)
 
 help:
@@ -90,11 +93,16 @@ $(BENCH_BIN): $(patsubst %.c,$(B)/%.o,$(wildcard tests/bench/*.c)) $(LIB)
 test: deps
 	@$(MAKE) --no-print-directory run-tests
 
+# The short fuzz run comes first so that Criterion's summary is the last line.
 run-tests: all
+	@FUZZ_BUILD=$(B)/fuzz bash tests/fuzz/run.sh $(FUZZ_SHORT)
 	@CRL_BIN_DIR=$(abspath $(B)/bin) bash tests/run.sh $(TEST_BIN)
 
+fuzz: deps
+	@FUZZ_BUILD=$(B)/fuzz bash tests/fuzz/run.sh $(FUZZ_SECONDS)
+
 asan: deps
-	@$(MAKE) --no-print-directory B=build-asan OPT="-O1 -fno-omit-frame-pointer" \
+	@$(MAKE) --no-print-directory B=build-asan FUZZ_SHORT=0 OPT="-O1 -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" run-tests
 
 bench: 

@@ -429,6 +429,42 @@ int wire_validate(const Crl__Envelope *env, const wire_limits_t *lim, char *err,
 
 /* ---------------------------------------------------------------- decode */
 
+/* 1 when m or a message inside it holds an unknown field numbered 0.
+ * protobuf-c refuses tag 0 written in one byte but keeps it as an unknown
+ * field when written in several (0x82 0x00); packed again it becomes the
+ * one-byte form, which nothing can unpack. A group logged as received
+ * (GroupReceived) would then make the trajectory log unreadable, so such
+ * an envelope is malformed: field 0 is invalid protobuf anyway. */
+static int has_field_zero(const ProtobufCMessage *m, int depth)
+{
+    if (!m || depth > 16) /* crl messages nest 3 deep */
+        return m != NULL;
+    for (unsigned i = 0; i < m->n_unknown_fields; i++)
+        if (m->unknown_fields[i].tag == 0)
+            return 1;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        const char *base = (const char *)m;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *arr = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t k = 0; k < n; k++)
+                if (has_field_zero(arr[k], depth + 1))
+                    return 1;
+            continue;
+        }
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue; /* another member of the oneof owns the storage */
+        if (has_field_zero(*(ProtobufCMessage *const *)(base + f->offset), depth + 1))
+            return 1;
+    }
+    return 0;
+}
+
 Crl__Envelope *wire_decode(const void *buf, size_t len, const wire_limits_t *lim,
                            wire_counters_t *c, char *err, size_t errlen)
 {
@@ -447,6 +483,12 @@ Crl__Envelope *wire_decode(const void *buf, size_t len, const wire_limits_t *lim
             c->malformed++;
         fail(err, errlen, "envelope of %zu bytes is not a valid protobuf Envelope", len);
         return NULL;
+    }
+    if (has_field_zero(&env->base, 0)) {
+        if (c)
+            c->malformed++;
+        fail(err, errlen, "envelope of %zu bytes holds a field numbered 0 (invalid protobuf)", len);
+        goto fail;
     }
     if (env->protocol_version != CRL_PROTOCOL_VERSION) {
         if (c)

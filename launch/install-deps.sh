@@ -9,6 +9,7 @@ PKGS=(
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
   libopenblas-dev libhwloc-dev libcjson-dev libcriterion-dev libstb-dev
   gnuplot-nox
+  clang libclang-rt-14-dev
 )
 # Optional extras: the PyTorch reference used only by `make bench`.
 if [ "${CRL_WITH_TORCH:-0}" = 1 ]; then PKGS+=(python3-torch); fi
