@@ -58,7 +58,8 @@ help:
 deps:
 	@bash launch/install-deps.sh
 
-$(B)/proto/crl.pb-c.c $(B)/proto/crl.pb-c.h: proto/crl.proto
+# One protoc-c run makes both files (grouped target: never run twice under -j).
+$(B)/proto/crl.pb-c.c $(B)/proto/crl.pb-c.h &: proto/crl.proto
 	@mkdir -p $(B)/proto
 	protoc-c --c_out=$(B) proto/crl.proto
 
@@ -78,7 +79,10 @@ $(LIB): $(LIB_OBJS)
 	@echo "  AR      $@"
 	$(Q)ar rcs $@ $^
 
-$(TEST_BIN): $(TEST_SRCS:%.c=$(B)/%.o) $(LIB)
+# The tests also link the programs' shared (non-main) files, so that the
+# learner's and actor's internals are testable without a process.
+PROG_SHARED_OBJS := $(foreach d,$(PROG_DIRS),$($(d)_SHARED:%.c=$(B)/%.o))
+$(TEST_BIN): $(TEST_SRCS:%.c=$(B)/%.o) $(PROG_SHARED_OBJS) $(LIB)
 	@mkdir -p $(@D)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion

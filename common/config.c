@@ -301,6 +301,8 @@ static const config_key_t schema[] = {
       "broker ROUTER serving chunked weights fetches"),
     I("network.max_msg_bytes", network.max_msg_bytes, 65536, INT_MAX, "268435456", "ZMQ_MAXMSGSIZE of every receiving socket"),
     S("network.curve_keys_dir", network.curve_keys_dir, NULL, "", "CurveZMQ key folder (\"\" = no encryption)"),
+    S("network.curve_client_key", network.curve_client_key, NULL, "",
+      "this process's CurveZMQ client secret key file (\"\" = <curve_keys_dir>/client.key)"),
     B("network.insecure", network.insecure, "false", "allow non-loopback endpoints without CurveZMQ keys"),
 };
 
@@ -1141,8 +1143,8 @@ static void problem(problems_t *p, const char *fmt, ...)
         p->used = p->len - 1;
 }
 
-/* True when an endpoint only reaches this machine. */
-static int endpoint_is_local(const char *ep)
+/* True when an endpoint only reaches this machine (config.h). */
+int config_endpoint_is_local(const char *ep)
 {
     if (strncmp(ep, "tcp://", 6) != 0)
         return 1; /* ipc:// and inproc:// never leave the machine */
@@ -1313,7 +1315,7 @@ int config_validate(const crl_config_t *cfg, char *err, size_t errlen)
                 problem(&p, "%s and %s are the same endpoint (%s)", eps[j].key, eps[i].key, eps[i].ep);
     if (n->curve_keys_dir[0] == '\0' && !n->insecure)
         for (int i = 0; i < n_eps; i++)
-            if (eps[i].ep[0] && !endpoint_is_local(eps[i].ep))
+            if (eps[i].ep[0] && !config_endpoint_is_local(eps[i].ep))
                 problem(&p,
                         "%s (%s) is not a loopback address and network.curve_keys_dir is empty: set "
                         "network.curve_keys_dir to encrypt, or network.insecure=true on a trusted network",

@@ -141,6 +141,7 @@ typedef struct {
     char broker_fetch[CONFIG_ADDR_LEN];
     int max_msg_bytes;
     char curve_keys_dir[CONFIG_PATH_LEN]; /* "" = no CurveZMQ */
+    char curve_client_key[CONFIG_PATH_LEN]; /* "" = <curve_keys_dir>/client.key */
     int insecure;                /* allow non-loopback endpoints without keys */
 } config_network_t;
 
@@ -251,5 +252,11 @@ int config_get(const crl_config_t *cfg, const char *dotted, char *buf, size_t le
 /* The --help-config text: every key with its type, range, default and
  * description. */
 void config_print_help(FILE *f);
+
+/* 1 when a ZeroMQ endpoint only reaches this machine: ipc://, inproc://,
+ * tcp://127.x.x.x, localhost, [::1] or the "lo" interface (for the
+ * "iface;peer" connect form, the peer is judged). Used by config_validate
+ * and security_check_bind (DESIGN.md §9: no keys = loopback only). */
+int config_endpoint_is_local(const char *ep);
 
 #endif

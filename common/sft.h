@@ -143,15 +143,18 @@ int sft_load(sft_t *s, const char *dir, char *err, size_t errlen);
 /* ---- validation ------------------------------------------------------- */
 
 typedef struct {
-    int policy_items;   /* greedy answers on this many policy records (0 = skip) */
-    int critic_pairs;   /* critic records, each judged in both orders (0 = skip) */
+    int policy_items;   /* the first this many policy records, answered greedily (0 = skip) */
+    int critic_pairs;   /* the first this many critic records, each judged in both orders */
     int max_new_tokens; /* per answer */
+    int n_threads;      /* eval workers, items in parallel (0 = the training threads) */
 } sft_val_options_t;
 
 typedef struct {
     int policy_n;
     double policy_acc;     /* boxed answer == ground truth */
     double policy_format;  /* <think>..</think>\boxed{..} */
+    double policy_sample_acc; /* one sample at temperature 1 */
+    char policy_by_type[640]; /* "count_color 0.25, exists 0.60, ..." for the log */
     int critic_n;          /* pairs */
     double critic_acc;     /* over the 2 * critic_n judgements */
     double critic_both;    /* pairs judged right in both orders */
@@ -161,10 +164,11 @@ typedef struct {
     double seconds;
 } sft_val_result_t;
 
+/* 200 policy items, 100 pairs, 96 new tokens, threads as training. */
 void sft_val_options_default(sft_val_options_t *o);
-/* Greedy validation of m on evenly spread records of `policy` and `critic`
- * (either may be NULL), with the prompts of popt and the labels of rcfg.
- * The sampler bans <pad>, <bos>, <img> and </img>. 0 or negative errno. */
+/* Quick validation through eval.h (eval_policy, eval_critic) of m on the
+ * first records of `policy` and `critic` (either may be NULL), with the
+ * critic variant of popt and the labels of rcfg. 0 or negative errno. */
 int sft_validate(const model_t *m, const tokenizer_t *tok, const dataset_t *policy,
                  const dataset_t *critic, const prompt_options_t *popt,
                  const reward_config_t *rcfg, const sft_val_options_t *opt, sft_val_result_t *out);

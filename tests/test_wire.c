@@ -906,3 +906,22 @@ Test(wire, identity_formatting)
     wire_identity_format(&bin, small, sizeof small);
     cr_assert_str_eq(small, "0x01");
 }
+
+/* Found by fuzz_envelope: protobuf-c keeps a field numbered 0 written with a
+ * two-byte tag as an unknown field; repacked it becomes one byte that nothing
+ * can unpack, so one hostile actor could poison the trajectory log. */
+Test(wire, field_zero_with_multibyte_tag_is_refused)
+{
+    static const uint8_t bytes[] = {0x82, 0x01, 0x02, 0x18, 0x02, 0x08, 0x01,
+                                    0x82, 0x00, 0x02, 0x00, 0x0e, 0x18, 0x02};
+    wire_limits_t lim;
+    wire_limits_default(&lim);
+    wire_counters_t c;
+    memset(&c, 0, sizeof c);
+    char err[256] = "";
+    Crl__Envelope *env = wire_decode(bytes, sizeof bytes, &lim, &c, err, sizeof err);
+    cr_assert_null(env, "decoded an envelope holding a field numbered 0");
+    cr_assert_eq(c.malformed, 1, "malformed counter %llu, expected 1",
+                 (unsigned long long)c.malformed);
+    cr_assert(strstr(err, "field numbered 0"), "error was: %s", err);
+}
