@@ -799,6 +799,11 @@ int grpo_rollout_group(const model_t *policy, sampler_t *s, const grpo_rollout_r
                   out->max_new_cap, req->prompt_len[0], req->prompt_len[1]);
         return -EINVAL;
     }
+    if (sampler_max_new(s) != out->max_new) {
+        log_error("grpo_rollout_group: rollout buffers have row stride %d but the sampler writes %d "
+                  "(create both with the same max_new)", out->max_new, sampler_max_new(s));
+        return -EINVAL;
+    }
     const float *image = NULL;
     if (req->image) {
         if (out->image_size != policy->cfg.image_size || !out->image_f) {

@@ -202,9 +202,9 @@ typedef struct {
 } grpo_rollout_t;
 
 /* Buffers for groups of up to G_cap samples of up to max_new tokens, images
- * of image_size (0 = text only). max_new MUST equal the max_new the sampler
- * used with it was created with: sampler_generate writes rows of that
- * stride. NULL on bad sizes or out of memory. */
+ * of image_size (0 = text only). max_new must equal the sampler's
+ * (sampler_max_new): sampler_generate writes rows of that stride, and
+ * grpo_rollout_group refuses a mismatch. NULL on bad sizes or out of memory. */
 grpo_rollout_t *grpo_rollout_new(int G_cap, int max_new, int image_size);
 void grpo_rollout_destroy(grpo_rollout_t **r);
 

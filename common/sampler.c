@@ -81,6 +81,11 @@ static void *alloc_floats(size_t n)
     return calloc(n ? n : 1, sizeof(float));
 }
 
+int sampler_max_new(const sampler_t *s)
+{
+    return s ? s->max_new : 0;
+}
+
 sampler_t *sampler_new(const model_t *m, int max_prompt, int max_new, int max_group)
 {
     if (!m || max_prompt <= 0 || max_new <= 0 || max_group <= 0) {

@@ -38,6 +38,9 @@ int sampler_generate(sampler_t *s, const model_t *m, const int *prompt, int prom
                      const float *image, int G, const sample_params_t *p, rng_t *rng,
                      int *out_tokens, float *out_logp, int *out_len);
 
+/* The max_new given to sampler_new: the row stride of out_tokens / out_logp. */
+int sampler_max_new(const sampler_t *s);
+
 /* Logits (G, V) of the most recent decode step (for tests and the critic
  * judge). A sample that has stopped keeps the logits its eos was drawn from. */
 const float *sampler_last_logits(const sampler_t *s);
