@@ -18,6 +18,9 @@
  *    another digest (or another model config) means another run and stops
  *    the actor with an error naming both. A model config given to
  *    actor_new (the run's --config) must equal the Welcome's.
+ *  - A Bye from the learner whose reason starts with "finished" ends the
+ *    actor cleanly (the run is over); any other Bye makes it wait and
+ *    Hello again until a learner answers.
  *  - The work socket uses ZMQ_IMMEDIATE, so nothing queues up while the
  *    learner is away (no burst of stale Hellos on reconnect); groups stay
  *    in the unacked table and are re-sent after the next Welcome. */
