@@ -6,8 +6,8 @@
 # ('#' starts a comment). The learner host (role=learner, else the first
 # line) runs crl-broker and crl-learner rl, listening on all interfaces;
 # every host runs N actors (default 1 on other hosts, 0 on the learner
-# host) connecting to ADDRESS (default: HOST without user@). key= sets
-# network.curve_client_key for the processes of that host.
+# host) connecting to the learner host's ADDRESS (addr=, default: its HOST
+# without user@). key= sets network.curve_client_key on that host.
 #
 # Options:
 #   --relay            one relay broker per actor host; its actors fetch
@@ -23,7 +23,7 @@
 # (binaries, this machine; remote: DIR/build/bin or CRL_REMOTE_BIN_DIR).
 set -uo pipefail
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "ssh.sh: $*" >&2; exit 2; }
 
 relay=0 insecure=0 dry=0 remote_dir="" pos=() extra=()

@@ -659,3 +659,59 @@ Test(security, keygen_binary_makes_a_run_folder)
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "re-running without --force should fail with 1");
     cr_assert_not_null(strstr(read_text(out), "--force"), "%s", read_text(out));
 }
+
+/* The broker's announce socket is a PUB: CURVE and the ZAP check apply to
+ * SUB clients the same way. */
+Test(security, pub_sub_admits_only_listed_keys)
+{
+    char dir[512], err[512] = "";
+    make_keys(dir, sizeof dir);
+    crl_config_t scfg, good, bad;
+    cfg_keys(&scfg, dir, NULL);
+    cfg_keys(&good, dir, "client");
+    cfg_keys(&bad, dir, "stranger");
+    void *sctx = zmq_ctx_new(), *cctx = zmq_ctx_new();
+    security_t *ssec = security_new(&scfg, sctx, err, sizeof err);
+    cr_assert_not_null(ssec, "%s", err);
+    void *pub = zmq_socket(sctx, ZMQ_PUB);
+    cr_assert_eq(security_bind(ssec, pub, "announce", "tcp://127.0.0.1:*", err, sizeof err), 0, "%s", err);
+    char ep[256];
+    size_t n = sizeof ep;
+    cr_assert_eq(zmq_getsockopt(pub, ZMQ_LAST_ENDPOINT, ep, &n), 0);
+
+    security_t *gsec = security_new(&good, cctx, err, sizeof err), *bsec = security_new(&bad, cctx, err, sizeof err);
+    cr_assert(gsec && bsec, "%s", err);
+    void *gsub = zmq_socket(cctx, ZMQ_SUB), *bsub = zmq_socket(cctx, ZMQ_SUB);
+    cr_assert_eq(zmq_setsockopt(gsub, ZMQ_SUBSCRIBE, "", 0), 0);
+    cr_assert_eq(zmq_setsockopt(bsub, ZMQ_SUBSCRIBE, "", 0), 0);
+    cr_assert_eq(security_connect(gsec, gsub, ep, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(security_connect(bsec, bsub, ep, err, sizeof err), 0, "%s", err);
+
+    /* PUB drops messages until a subscription arrives: publish repeatedly. */
+    int got_good = 0, got_bad = 0;
+    for (int i = 0; i < ARRIVE_MS / 50 && !got_good; i++) {
+        zmq_send(pub, "v1", 2, ZMQ_DONTWAIT);
+        zmq_pollitem_t it = {.socket = gsub, .events = ZMQ_POLLIN};
+        got_good = zmq_poll(&it, 1, 50) == 1;
+    }
+    for (int i = 0; i < NOTHING_MS / 50; i++) {
+        zmq_send(pub, "v1", 2, ZMQ_DONTWAIT);
+        zmq_pollitem_t it = {.socket = bsub, .events = ZMQ_POLLIN};
+        got_bad |= zmq_poll(&it, 1, 50) == 1;
+    }
+    cr_assert(got_good, "a listed SUB received no announce within %d ms", ARRIVE_MS);
+    cr_assert_not(got_bad, "an unlisted SUB received an announce");
+    cr_assert_geq(wait_refused(ssec, 1, ARRIVE_MS), 1);
+    int linger = 0;
+    zmq_setsockopt(pub, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(gsub, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(bsub, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(pub);
+    zmq_close(gsub);
+    zmq_close(bsub);
+    security_destroy(&ssec);
+    security_destroy(&gsec);
+    security_destroy(&bsec);
+    zmq_ctx_term(sctx);
+    zmq_ctx_term(cctx);
+}
