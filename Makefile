@@ -5,6 +5,7 @@
 #   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make bench      speed figures beside their references (installs python3-torch)
 #   make fuzz       fuzz every parser for FUZZ_SECONDS (300) each (tests/fuzz/run.sh)
+#   make demo       the whole recipe on the built-in world (launch/demo.sh)
 #   make deps       install the Debian packages crl needs (launch/install-deps.sh)
 #   make clean      remove build folders
 #
@@ -114,10 +115,11 @@ bench:
 	@$(MAKE) --no-print-directory $(BENCH_BIN) $(PROGS)
 	@bash tests/bench/run.sh $(BENCH_BIN)
 
-demo:
-	@echo "make demo: not implemented yet — it arrives with the distributed actor-learner system (issue 4)." >&2
-	@echo "What works today: make test, make bench (see README.md)." >&2
-	@exit 2
+# The whole recipe on the built-in world (launch/demo.sh says what it does
+# and how long it takes). DEMO_ARGS="--set rl.steps=50" passes overrides.
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@CRL_BIN_DIR=$(abspath $(B)/bin) bash launch/demo.sh $(DEMO_ARGS)
 
 clean:
 	rm -rf build build-asan

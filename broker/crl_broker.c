@@ -18,8 +18,10 @@ static broker_t *g_broker; /* for the signal handler only */
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    broker_stop(g_broker); /* an atomic store: async-signal-safe */
+    if (sig == SIGHUP)
+        broker_request_reload(g_broker); /* atomic store: async-signal-safe */
+    else
+        broker_stop(g_broker); /* an atomic store: async-signal-safe */
 }
 
 static void usage(FILE *f)
@@ -90,7 +92,8 @@ int main(int argc, char **argv)
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0) {
+    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0 ||
+        sigaction(SIGHUP, &sa, NULL) != 0) {
         log_error("sigaction: %s", strerror(errno));
         broker_destroy(&g_broker);
         return 1;

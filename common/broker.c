@@ -20,6 +20,7 @@
 #include "crc32c.h"
 #include "log.h"
 #include "weights_client.h"
+#include "security.h"
 #include "wire.h"
 
 /* Fetch requests and announces are tiny: cap their frames hard. */
@@ -57,11 +58,13 @@ typedef struct {
 struct broker {
     crl_config_t cfg;
     void *ctx;
+    security_t *sec; /* CurveZMQ keys + ZAP handler; plain mode without keys */
     void *publish, *announce, *fetch;    /* bound sockets (publish NULL in relay mode) */
     void *up_sub, *up_dealer;            /* relay mode only */
     char ep[3][CONFIG_ADDR_LEN];
     int relay;
     atomic_int stop;
+    atomic_int reload; /* set by broker_request_reload (SIGHUP) */
     atomic_counters_t cnt;
 
     wire_limits_t lim;
@@ -113,11 +116,13 @@ static void *make_socket(broker_t *b, int type, int64_t max_msg, const char *key
     return s;
 }
 
-static int bind_socket(void *s, const char *key, const char *ep, char *bound, char *err,
-                       size_t errlen)
+/* what: the ZAP domain and the name in refusal logs ("publish", ...). */
+static int bind_socket(broker_t *b, void *s, const char *key, const char *what, const char *ep,
+                       char *bound, char *err, size_t errlen)
 {
-    if (zmq_bind(s, ep) != 0) {
-        set_err(err, errlen, "cannot bind %s (%s): %s", key, ep, zmq_strerror(errno));
+    char serr[512];
+    if (security_bind(b->sec, s, what, ep, serr, sizeof serr) != 0) {
+        set_err(err, errlen, "cannot bind %s (%s): %s", key, ep, serr);
         return -1;
     }
     size_t n = CONFIG_ADDR_LEN;
@@ -572,12 +577,6 @@ broker_t *broker_new(const crl_config_t *cfg, char *err, size_t errlen)
                 cfg->broker.keep_versions, cfg->broker.chunk_bytes);
         goto fail;
     }
-    if (cfg->network.curve_keys_dir[0]) {
-        /* Refuse rather than run unencrypted when encryption was asked. */
-        set_err(err, errlen, "network.curve_keys_dir is set (%s) but the broker does not support CurveZMQ yet",
-                cfg->network.curve_keys_dir);
-        goto fail;
-    }
     b->n_slots = cfg->broker.keep_versions;
     b->slots = calloc((size_t)b->n_slots, sizeof *b->slots);
     if (!b->slots) {
@@ -589,17 +588,20 @@ broker_t *broker_new(const crl_config_t *cfg, char *err, size_t errlen)
         set_err(err, errlen, "zmq_ctx_new: %s", zmq_strerror(errno));
         goto fail;
     }
+    b->sec = security_new(cfg, b->ctx, err, errlen);
+    if (!b->sec)
+        goto fail;
     int64_t big = cfg->network.max_msg_bytes;
     if (!b->relay) {
         b->publish = make_socket(b, ZMQ_ROUTER, big, "network.broker_publish", err, errlen);
         if (!b->publish ||
-            bind_socket(b->publish, "network.broker_publish", cfg->network.broker_publish,
+            bind_socket(b, b->publish, "network.broker_publish", "publish", cfg->network.broker_publish,
                         b->ep[BROKER_EP_PUBLISH], err, errlen) < 0)
             goto fail;
     }
     b->announce = make_socket(b, ZMQ_PUB, BROKER_SMALL_MSG_BYTES, "network.broker_announce", err, errlen);
     if (!b->announce ||
-        bind_socket(b->announce, "network.broker_announce", cfg->network.broker_announce,
+        bind_socket(b, b->announce, "network.broker_announce", "announce", cfg->network.broker_announce,
                     b->ep[BROKER_EP_ANNOUNCE], err, errlen) < 0)
         goto fail;
     b->fetch = make_socket(b, ZMQ_ROUTER, BROKER_SMALL_MSG_BYTES, "network.broker_fetch", err, errlen);
@@ -610,7 +612,7 @@ broker_t *broker_new(const crl_config_t *cfg, char *err, size_t errlen)
         set_err(err, errlen, "zmq_setsockopt(ZMQ_SNDHWM) on network.broker_fetch: %s", zmq_strerror(errno));
         goto fail;
     }
-    if (bind_socket(b->fetch, "network.broker_fetch", cfg->network.broker_fetch, b->ep[BROKER_EP_FETCH],
+    if (bind_socket(b, b->fetch, "network.broker_fetch", "fetch", cfg->network.broker_fetch, b->ep[BROKER_EP_FETCH],
                     err, errlen) < 0)
         goto fail;
     if (b->relay) {
@@ -621,9 +623,10 @@ broker_t *broker_new(const crl_config_t *cfg, char *err, size_t errlen)
             set_err(err, errlen, "zmq_setsockopt(ZMQ_SUBSCRIBE): %s", zmq_strerror(errno));
             goto fail;
         }
-        if (zmq_connect(b->up_sub, cfg->broker.upstream_announce) != 0) {
+        char serr[512];
+        if (security_connect(b->sec, b->up_sub, cfg->broker.upstream_announce, serr, sizeof serr) != 0) {
             set_err(err, errlen, "cannot connect broker.upstream_announce (%s): %s",
-                    cfg->broker.upstream_announce, zmq_strerror(errno));
+                    cfg->broker.upstream_announce, serr);
             goto fail;
         }
         int64_t chunk_max = (int64_t)cfg->broker.chunk_bytes + BROKER_SMALL_MSG_BYTES;
@@ -632,9 +635,8 @@ broker_t *broker_new(const crl_config_t *cfg, char *err, size_t errlen)
         b->up_dealer = make_socket(b, ZMQ_DEALER, chunk_max, "broker.upstream", err, errlen);
         if (!b->up_dealer)
             goto fail;
-        if (zmq_connect(b->up_dealer, cfg->broker.upstream) != 0) {
-            set_err(err, errlen, "cannot connect broker.upstream (%s): %s", cfg->broker.upstream,
-                    zmq_strerror(errno));
+        if (security_connect(b->sec, b->up_dealer, cfg->broker.upstream, serr, sizeof serr) != 0) {
+            set_err(err, errlen, "cannot connect broker.upstream (%s): %s", cfg->broker.upstream, serr);
             goto fail;
         }
         weights_fetch_opts_t fo;
@@ -658,6 +660,12 @@ void broker_stop(broker_t *b)
         atomic_store(&b->stop, 1);
 }
 
+void broker_request_reload(broker_t *b)
+{
+    if (b)
+        atomic_store(&b->reload, 1);
+}
+
 int broker_run(broker_t *b)
 {
     if (!b)
@@ -674,6 +682,13 @@ int broker_run(broker_t *b)
                  b->cfg.broker.chunk_bytes);
     b->next_announce_ms = weights_now_ms() + BROKER_REANNOUNCE_MS;
     while (!atomic_load(&b->stop)) {
+        if (atomic_exchange(&b->reload, 0)) {
+            int nk = security_reload_clients(b->sec);
+            if (nk < 0)
+                log_error("reloading the allowed client keys failed; the previous list stays");
+            else
+                log_info("reloaded the allowed client keys: %d listed", nk);
+        }
         zmq_pollitem_t items[4];
         int (*handler[4])(broker_t *);
         int n = 0;
@@ -774,6 +789,9 @@ void broker_destroy(broker_t **pb)
     close_socket(&b->fetch);
     close_socket(&b->up_sub);
     close_socket(&b->up_dealer);
+    /* After the server sockets are closed: a CURVE server socket without its
+     * ZAP handler would admit every client. */
+    security_destroy(&b->sec);
     if (b->ctx)
         zmq_ctx_term(b->ctx);
     for (int i = 0; b->slots && i < b->n_slots; i++)

@@ -65,6 +65,9 @@ int broker_run(broker_t *b);
 
 /* Asks broker_run to return (within ~100 ms). Async-signal-safe. */
 void broker_stop(broker_t *b);
+/* Asks the run loop to re-read the allowed client keys (the clients folder);
+ * async-signal-safe (an atomic store), for SIGHUP. */
+void broker_request_reload(broker_t *b);
 
 /* Closes the sockets, terminates the context and frees everything; *b =
  * NULL. Must not race broker_run (join its thread first). */

@@ -55,6 +55,7 @@
 #include "tokenizer.h"
 #include "topology.h"
 #include "traj_log.h"
+#include "security.h"
 #include "wire.h"
 
 #define RL_TRAINER_FORMAT "crl-rl-trainer"
@@ -67,11 +68,14 @@
 /* ------------------------------------------------------------ helpers */
 
 static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_reload; /* SIGHUP: re-read the allowed client keys */
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    g_stop++;
+    if (sig == SIGHUP)
+        g_reload = 1;
+    else
+        g_stop++;
 }
 
 static uint64_t mono_ms(void)
@@ -205,6 +209,7 @@ typedef struct {
     rng_t grant_rng;          /* grant seeds */
     wire_limits_t lim_work, lim_pub;
     void *zctx, *work, *pub;
+    security_t *sec; /* CurveZMQ keys and ZAP handler (plain mode without keys) */
 
     /* shared, under mu */
     pthread_mutex_t mu;
@@ -786,6 +791,9 @@ static int open_sockets(rl_t *r, char *err, size_t errlen)
         errf(err, errlen, "zmq_ctx_new: %s", zmq_strerror(errno));
         return -EIO;
     }
+    r->sec = security_new(&r->cfg, r->zctx, err, errlen);
+    if (!r->sec)
+        return -EINVAL;
     r->work = zmq_socket(r->zctx, ZMQ_ROUTER);
     r->pub = zmq_socket(r->zctx, ZMQ_DEALER);
     if (!r->work || !r->pub) {
@@ -802,14 +810,17 @@ static int open_sockets(rl_t *r, char *err, size_t errlen)
     /* a weights message is large: let it wait in the queue rather than fail */
     int hwm = 4;
     zmq_setsockopt(r->pub, ZMQ_SNDHWM, &hwm, sizeof(hwm));
-    if (zmq_bind(r->work, r->cfg.network.learner_work) != 0) {
+    /* security_bind applies the bind rule (loopback only without keys or
+     * network.insecure) and the CURVE server options before binding. */
+    char serr[512];
+    if (security_bind(r->sec, r->work, "work", r->cfg.network.learner_work, serr, sizeof serr) != 0) {
         errf(err, errlen, "cannot bind the work socket to network.learner_work = %s: %s",
-             r->cfg.network.learner_work, zmq_strerror(errno));
+             r->cfg.network.learner_work, serr);
         return -EADDRINUSE;
     }
-    if (zmq_connect(r->pub, r->cfg.network.broker_publish) != 0) {
+    if (security_connect(r->sec, r->pub, r->cfg.network.broker_publish, serr, sizeof serr) != 0) {
         errf(err, errlen, "cannot connect to the broker at network.broker_publish = %s: %s",
-             r->cfg.network.broker_publish, zmq_strerror(errno));
+             r->cfg.network.broker_publish, serr);
         return -EINVAL;
     }
     return 0;
@@ -826,6 +837,14 @@ static void *io_main(void *arg)
     uint64_t consumed_seen = r->consumed_base;
     for (;;) {
         uint64_t now = mono_ms();
+        if (g_reload) {
+            g_reload = 0;
+            int nk = security_reload_clients(r->sec);
+            if (nk < 0)
+                log_error("reloading the allowed client keys failed; the previous list stays");
+            else
+                log_info("reloaded the allowed client keys: %d listed", nk);
+        }
         zmq_pollitem_t items[2] = {{r->work, 0, ZMQ_POLLIN, 0}, {r->pub, 0, ZMQ_POLLIN, 0}};
         int prc = zmq_poll(items, 2, RL_POLL_MS);
         if (prc < 0 && errno != EINTR) {
@@ -1753,6 +1772,9 @@ static void rl_free(rl_t *r)
         zmq_close(r->work);
     if (r->pub)
         zmq_close(r->pub);
+    /* After the server sockets are closed: without its ZAP handler a CURVE
+     * server socket would admit every client. */
+    security_destroy(&r->sec);
     if (r->zctx)
         zmq_ctx_term(r->zctx);
     if (r->queue) {
@@ -1836,6 +1858,7 @@ int learner_rl_main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     /* ---- run folder, resume or initial policy ---- */
