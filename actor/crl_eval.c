@@ -56,6 +56,8 @@ static void usage(FILE *f)
             "                      verdict decides, else the earlier sample), one-order (judge each\n"
             "                      match once, earlier sample shown first)\n"
             "  --no-self-critique  skip self-critique (also eval.self_critique=false)\n"
+            "  --claims            with --compare: the paper's three claims beside the paired\n"
+            "                      figures (base = --compare, RL = --ckpt), each with a verdict\n"
             "  --threads N         worker threads (default actor.threads)\n"
             "  --json OUT          write every figure (and the settings) as JSON\n"
             "  --config FILE       run config (repeatable); --set section.key=value overrides\n"
@@ -381,6 +383,87 @@ static int print_compare(const report_t *a, const report_t *b, uint64_t seed, cJ
     return 0;
 }
 
+
+static const metric_t *find_metric(const report_t *r, const char *key)
+{
+    for (int i = 0; i < r->n; i++)
+        if (!strcmp(r->m[i].key, key))
+            return &r->m[i];
+    return NULL;
+}
+
+/* Verdict on a paired difference: only a significant change counts. */
+static const char *claim_verdict(const stats_paired_t *s)
+{
+    if (s->p_sign < 0.05 && s->diff > 0)
+        return "SUPPORTED (p < 0.05)";
+    if (s->p_sign < 0.05 && s->diff < 0)
+        return "CONTRADICTED (significant drop)";
+    return "NOT SHOWN (no significant change)";
+}
+
+/* One claim row: paired test of metric kb in report b against ka in report a. */
+static int claim_row(cJSON *arr, const char *claim, const char *what, const report_t *a,
+                     const char *ka, const report_t *b, const char *kb, uint64_t seed, int stream)
+{
+    const metric_t *ma = find_metric(a, ka), *mb = find_metric(b, kb);
+    if (!ma || !mb || !ma->item || !mb->item || ma->n != mb->n || ma->n == 0) {
+        printf("%-44s %-34s %s\n", claim, what, "not measured (evaluation skipped)");
+        return 0;
+    }
+    rng_t rng;
+    rng_seed_stream(&rng, seed, 1000 + (uint64_t)stream);
+    stats_paired_t s;
+    int rc = stats_paired(ma->item, mb->item, ma->n, N_BOOT, 0.95, &rng, &s);
+    if (rc)
+        return rc;
+    char fig[96];
+    snprintf(fig, sizeof fig, "%.3f -> %.3f (%+.3f, p=%.2g)", s.mean_a, s.mean_b, s.diff, s.p_sign);
+    const char *verdict = claim_verdict(&s);
+    printf("%-44s %-34s %-36s %s\n", claim, what, fig, verdict);
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddItemToArray(arr, o) || !cJSON_AddStringToObject(o, "claim", claim) ||
+        !cJSON_AddStringToObject(o, "measure", what) ||
+        !cJSON_AddNumberToObject(o, "before", s.mean_a) ||
+        !cJSON_AddNumberToObject(o, "after", s.mean_b) || !cJSON_AddNumberToObject(o, "diff", s.diff) ||
+        !cJSON_AddNumberToObject(o, "p_sign", s.p_sign) ||
+        !cJSON_AddNumberToObject(o, "ci95_lo", s.ci_lo) ||
+        !cJSON_AddNumberToObject(o, "ci95_hi", s.ci_hi) || !cJSON_AddNumberToObject(o, "n", (double)s.n) ||
+        !cJSON_AddStringToObject(o, "verdict", verdict))
+        return -ENOMEM;
+    return 0;
+}
+
+/* The paper's three claims beside what this run measured (base = a, RL = b). */
+static int print_claims(const report_t *base, const report_t *rl, uint64_t seed, int max_n,
+                        cJSON *arr)
+{
+    printf("\nThe paper's claims (LLaVA-Critic-R1) against this run, paired on the same items:\n");
+    printf("%-44s %-34s %-36s %s\n", "claim", "measure", "base -> RL (diff, sign-test p)", "verdict");
+    int rc = claim_row(arr, "1. RL on critic data makes a better critic", "critic accuracy (both orders)",
+                       base, "critic_accuracy", rl, "critic_accuracy", seed, 1);
+    if (!rc)
+        rc = claim_row(arr, "2. ... and a better policy (never trained", "policy greedy accuracy", base,
+                       "policy_greedy", rl, "policy_greedy", seed, 2);
+    if (!rc)
+        printf("%-44s\n", "   on answers)");
+    char tk[48], sk[48], mk[48], label[64];
+    snprintf(tk, sizeof tk, "sc%d_tournament", max_n);
+    snprintf(sk, sizeof sk, "sc%d_single", max_n);
+    snprintf(mk, sizeof mk, "sc%d_majority", max_n);
+    snprintf(label, sizeof label, "RL: single sample -> best-of-%d", max_n);
+    if (!rc)
+        rc = claim_row(arr, "3. self-critique at test time (best-of-N", label, rl, sk, rl, tk, seed, 3);
+    if (!rc) {
+        printf("%-44s\n", "   by the model's own judgement) helps");
+        snprintf(label, sizeof label, "RL: majority@%d -> best-of-%d", max_n, max_n);
+        rc = claim_row(arr, "   (stronger bar: beat majority vote)", label, rl, mk, rl, tk, seed, 4);
+    }
+    printf("Verdicts need p < 0.05 (exact sign test on items that changed); RECIPE.md explains why\n"
+           "claim 2 is not expected to appear by itself at this scale.\n");
+    return rc;
+}
+
 static cJSON *report_json(const report_t *r, const char *ckpt)
 {
     cJSON *o = cJSON_CreateObject();
@@ -528,6 +611,7 @@ int main(int argc, char **argv)
     long items = cfg.eval.max_items, samples = cfg.eval.n_samples, threads = cfg.actor.threads;
     double temperature = cfg.rl.temperature;
     int self_critique = cfg.eval.self_critique;
+    int claims = 0;
     eval_tourney_rule_t rule = EVAL_TOURNEY_BOTH_ELSE_FIRST;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -537,6 +621,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-self-critique")) {
             self_critique = 0;
+            continue;
+        }
+        if (!strcmp(a, "--claims")) {
+            claims = 1;
             continue;
         }
         if (i + 1 >= argc || strncmp(a, "--", 2) != 0) {
@@ -768,6 +856,21 @@ int main(int argc, char **argv)
         printf("p(sign): exact two-sided sign test on items gained vs lost; CI: %d-resample paired "
                "bootstrap\n",
                N_BOOT);
+        if (claims) {
+            int max_n = 0;
+            for (int k = 0; k < plan.n_ns; k++)
+                if (plan.ns[k] > max_n)
+                    max_n = plan.ns[k];
+            cJSON *jc = cJSON_CreateArray();
+            if (!jc || !cJSON_AddItemToObject(root, "claims", jc)) {
+                fprintf(stderr, "crl-eval: out of memory\n");
+                goto done;
+            }
+            if ((rc = print_claims(&rb, &ra, plan.seed, max_n, jc)) != 0) {
+                fprintf(stderr, "crl-eval: claims table failed: %s\n", strerror(-rc));
+                goto done;
+            }
+        }
     }
     fflush(stdout);
     if (json_out) {
