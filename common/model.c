@@ -125,6 +125,11 @@ static void build_table(model_t *m)
         add_tensor(m, &cur, "mm_projector.0.bias", 0, 1, D, 0);
         add_tensor(m, &cur, "mm_projector.2.weight", 1, 2, D, D);
         add_tensor(m, &cur, "mm_projector.2.bias", 0, 1, D, 0);
+        /* Learned patch positions, as a ViT's position embeddings: with RoPE
+         * alone a token can only find "the patch of the top-left cell" by
+         * relative offset, which a small model learns slowly; with this, each
+         * image token carries its place in its content. */
+        add_tensor(m, &cur, "mm_projector.pos_embed", 1, 2, model_n_patches(c), D);
     }
     add_tensor(m, &cur, "model.embed_tokens.weight", 1, 2, V, D);
     for (int l = 0; l < c->n_layers; l++) {
@@ -156,8 +161,9 @@ static void bind_views(const model_t *m, model_weights_t *w, float *base)
         w->proj_b1 = NEXT();
         w->proj_w2 = NEXT();
         w->proj_b2 = NEXT();
+        w->proj_pos = NEXT();
     } else {
-        w->proj_w1 = w->proj_b1 = w->proj_w2 = w->proj_b2 = NULL;
+        w->proj_w1 = w->proj_b1 = w->proj_w2 = w->proj_b2 = w->proj_pos = NULL;
     }
     w->embed = NEXT();
     for (int l = 0; l < m->cfg.n_layers; l++) {
@@ -189,7 +195,7 @@ model_t *model_new(const model_config_t *cfg, int with_grads)
         goto fail;
     m->cfg = *cfg;
     int L = cfg->n_layers, hd = cfg->dim / cfg->n_heads;
-    size_t max_tensors = 4 + 1 + 9 * (size_t)L + 1 + 1;
+    size_t max_tensors = 5 + 1 + 9 * (size_t)L + 1 + 1; /* projector (with pos_embed), embed, layers, norm, head */
     m->tensors = calloc(max_tensors, sizeof *m->tensors);
     m->w.layers = calloc((size_t)L, sizeof *m->w.layers);
     m->g.layers = calloc((size_t)L, sizeof *m->g.layers);
@@ -688,6 +694,9 @@ float *model_forward(const model_t *m, model_acts_t *a, const model_batch_t *b)
         k_matmul_fwd(a->h1, a->patches, w->proj_w1, w->proj_b1, NP, a->pp, D);
         k_gelu_fwd(a->h1g, a->h1, (size_t)NP * D);
         k_matmul_fwd(a->pout, a->h1g, w->proj_w2, w->proj_b2, NP, D, D);
+        for (int k = 0; k < a->n_images; k++)
+            k_add(a->pout + (size_t)k * a->np * D, a->pout + (size_t)k * a->np * D, w->proj_pos,
+                  (size_t)a->np * D);
     }
     for (int t = 0, k = 0; t < T;) {
         if (k < a->n_images && t == a->img_start[k]) {
@@ -821,6 +830,8 @@ int model_backward(model_t *m, model_acts_t *a, const float *dlogits)
         size_t ND = (size_t)NP * D;
         /* d(h1g) goes into dx (free now), d(h1) into dh1. */
         float *dh1g = a->dx;
+        for (int k = 0; k < a->n_images; k++)
+            k_add(g->proj_pos, g->proj_pos, dpout + (size_t)k * a->np * D, (size_t)a->np * D);
         memset(dh1g, 0, ND * sizeof(float));
         k_matmul_bwd(dh1g, g->proj_w2, g->proj_b2, dpout, a->h1g, w->proj_w2, NP, D, D);
         memset(a->dh1, 0, ND * sizeof(float));

@@ -57,6 +57,8 @@ typedef struct {
     float *proj_b1;    /* (D)          mm_projector.0.bias */
     float *proj_w2;    /* (D, D)       mm_projector.2.weight */
     float *proj_b2;    /* (D)          mm_projector.2.bias */
+    float *proj_pos;   /* (NP, D)      mm_projector.pos_embed: learned position of each
+                        *              patch, added to its projected embedding */
     float *embed;      /* (V, D)       model.embed_tokens.weight */
     layer_weights_t *layers; /* (L) */
     float *final_norm; /* (D)          model.norm.weight */

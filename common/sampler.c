@@ -493,6 +493,7 @@ static void prefill(sampler_t *s, const model_t *m, const int *prompt, int T, co
         k_matmul_fwd(s->proj_h, s->patches, w->proj_w1, w->proj_b1, s->n_patches, s->patch_dim, D);
         k_gelu_fwd(s->proj_a, s->proj_h, (size_t)s->n_patches * D);
         k_matmul_fwd(s->proj_out, s->proj_a, w->proj_w2, w->proj_b2, s->n_patches, D, D);
+        k_add(s->proj_out, s->proj_out, w->proj_pos, (size_t)s->n_patches * D);
     }
     int patch = 0;
     for (int t = 0; t < T; t++) {

@@ -158,7 +158,8 @@ Test(model, tensor_table_names_layout_and_decay)
     model_t *m = model_new(&c, 1);
     cr_assert_not_null(m);
     const char *want[] = {"mm_projector.0.weight", "mm_projector.0.bias", "mm_projector.2.weight",
-                          "mm_projector.2.bias", "model.embed_tokens.weight",
+                          "mm_projector.2.bias", "mm_projector.pos_embed",
+                          "model.embed_tokens.weight",
                           "model.layers.0.input_layernorm.weight",
                           "model.layers.0.self_attn.q_proj.weight",
                           "model.layers.0.self_attn.k_proj.weight",
@@ -169,7 +170,7 @@ Test(model, tensor_table_names_layout_and_decay)
                           "model.layers.0.mlp.down_proj.weight"};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         cr_assert_str_eq(m->tensors[i].name, want[i]);
-    cr_assert_eq(m->n_tensors, 4 + 1 + 2 * 9 + 1 + 1);
+    cr_assert_eq(m->n_tensors, 5 + 1 + 2 * 9 + 1 + 1);
     cr_assert_str_eq(m->tensors[m->n_tensors - 1].name, "lm_head.weight");
     size_t end = 0;
     for (int i = 0; i < m->n_tensors; i++) {
@@ -514,6 +515,7 @@ static const char *torch_oracle_py =
     "            x = imgs[k].reshape(3, G, p, G, p).permute(1, 3, 0, 2, 4).reshape(G * G, 3 * p * p)\n"
     "            h = F.gelu(F.linear(x, P['mm_projector.0.weight'], P['mm_projector.0.bias']))\n"
     "            h = F.linear(h, P['mm_projector.2.weight'], P['mm_projector.2.bias'])\n"
+    "            h = h + P['mm_projector.pos_embed']\n"
     "            rows += list(h); t += G * G; k += 1\n"
     "        else:\n"
     "            rows.append(P['model.embed_tokens.weight'][tokens[t]]); t += 1\n"
