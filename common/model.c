@@ -628,7 +628,7 @@ static int load_batch(const model_t *m, model_acts_t *a, const model_batch_t *b)
  * order, each flattened channel-major (c, iy, ix) — the order of a Conv2d
  * weight (D, 3, P, P), so a conv patch-embedding checkpoint maps onto
  * mm_projector.0 by a reshape. */
-static void extract_patches(float *out, const float *img, int S, int P)
+void model_extract_patches(float *out, const float *img, int S, int P)
 {
     int G = S / P;
     size_t pp = 3 * (size_t)P * P;
@@ -638,7 +638,9 @@ static void extract_patches(float *out, const float *img, int S, int P)
             for (int c = 0; c < 3; c++)
                 for (int iy = 0; iy < P; iy++) {
                     const float *src = img + ((size_t)c * S + (size_t)py * P + iy) * S + (size_t)px * P;
-                    memcpy(dst + ((size_t)c * P + iy) * P, src, (size_t)P * sizeof(float));
+                    float *d = dst + ((size_t)c * P + iy) * P;
+                    for (int ix = 0; ix < P; ix++)
+                        d[ix] = (src[ix] - MODEL_PIXEL_MEAN) * MODEL_PIXEL_SCALE;
                 }
         }
 }
@@ -690,7 +692,7 @@ float *model_forward(const model_t *m, model_acts_t *a, const model_batch_t *b)
         int S = c->image_size, P = c->patch_size;
         size_t img_n = 3 * (size_t)S * S;
         for (int k = 0; k < a->n_images; k++)
-            extract_patches(a->patches + (size_t)k * a->np * a->pp, b->images + k * img_n, S, P);
+            model_extract_patches(a->patches + (size_t)k * a->np * a->pp, b->images + k * img_n, S, P);
         k_matmul_fwd(a->h1, a->patches, w->proj_w1, w->proj_b1, NP, a->pp, D);
         k_gelu_fwd(a->h1g, a->h1, (size_t)NP * D);
         k_matmul_fwd(a->pout, a->h1g, w->proj_w2, w->proj_b2, NP, D, D);

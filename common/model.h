@@ -92,6 +92,17 @@ typedef struct {
 
 typedef struct model_acts model_acts_t; /* opaque: activations for one batch */
 
+/* Pixels enter the projector centred and scaled, (x - MEAN) * SCALE, so
+ * that colour differences are not drowned by the bright background. */
+#define MODEL_PIXEL_MEAN 0.5f
+#define MODEL_PIXEL_SCALE 4.0f
+
+/* Cuts an image (3, S, S) in [0, 1] into (S/P)^2 patches in row-major patch
+ * order, each flattened channel-major (c, y, x) and normalised as above:
+ * out is (n_patches, 3*P*P). The one place this layout is decided (the
+ * training forward and the sampler's prefill both use it). */
+void model_extract_patches(float *out, const float *img, int S, int P);
+
 /* Checks a configuration; on error writes a message naming the field. 0 = ok. */
 int model_config_validate(const model_config_t *cfg, char *err, size_t errlen);
 int model_n_patches(const model_config_t *cfg);

@@ -463,20 +463,6 @@ static void store_kt(float *kt, int ld, int pos0, const float *k, int n, int kvd
 /* Image (3, S, S) channel-major -> (n_patches, 3*P*P): patches in raster
  * order over the (S/P x S/P) grid, each flattened channel, row, column (the
  * layout of a Conv2d(3, D, P, stride P) weight), as model_forward does. */
-static void extract_patches(float *out, const float *img, int S, int P)
-{
-    const int g = S / P, pd = 3 * P * P;
-    for (int py = 0; py < g; py++)
-        for (int px = 0; px < g; px++) {
-            float *o = out + (size_t)(py * g + px) * pd;
-            for (int c = 0; c < 3; c++)
-                for (int dy = 0; dy < P; dy++)
-                    memcpy(o + (c * P + dy) * P,
-                           img + ((size_t)c * S + (size_t)(py * P + dy)) * S + (size_t)px * P,
-                           (size_t)P * sizeof(float));
-        }
-}
-
 /* Runs the prompt through the decoder, filling the shared prompt cache, and
  * writes the last position's logits to s->logits row 0. */
 static void prefill(sampler_t *s, const model_t *m, const int *prompt, int T, const float *image)
@@ -489,7 +475,7 @@ static void prefill(sampler_t *s, const model_t *m, const int *prompt, int T, co
     const float scale = 1.0f / sqrtf((float)hd);
 
     if (image) {
-        extract_patches(s->patches, image, c->image_size, c->patch_size);
+        model_extract_patches(s->patches, image, c->image_size, c->patch_size);
         k_matmul_fwd(s->proj_h, s->patches, w->proj_w1, w->proj_b1, s->n_patches, s->patch_dim, D);
         k_gelu_fwd(s->proj_a, s->proj_h, (size_t)s->n_patches * D);
         k_matmul_fwd(s->proj_out, s->proj_a, w->proj_w2, w->proj_b2, s->n_patches, D, D);

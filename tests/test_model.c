@@ -513,6 +513,7 @@ static const char *torch_oracle_py =
     "        if tokens[t] == -1:\n"
     "            G = S // p\n"
     "            x = imgs[k].reshape(3, G, p, G, p).permute(1, 3, 0, 2, 4).reshape(G * G, 3 * p * p)\n"
+    "            x = (x - 0.5) * 4.0\n"
     "            h = F.gelu(F.linear(x, P['mm_projector.0.weight'], P['mm_projector.0.bias']))\n"
     "            h = F.linear(h, P['mm_projector.2.weight'], P['mm_projector.2.bias'])\n"
     "            h = h + P['mm_projector.pos_embed']\n"
