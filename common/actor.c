@@ -575,7 +575,15 @@ static void on_fetch_msg(actor_t *a, const Crl__Envelope *env, const zmq_msg_t *
  * Welcome the size cannot be checked yet: on_welcome checks it then. */
 static void on_announce(actor_t *a, const Crl__WeightsAnnounce *an)
 {
-    if (an->version <= a->ann_version)
+    /* An older version than the newest announced, or the same version with
+     * other bytes: the learner resumed from an earlier checkpoint and the
+     * broker dropped the versions after it. The weights of that abandoned
+     * history must go, or every group made with them is refused (its
+     * version is above anything the resumed learner published) and no
+     * grant can ever be served: a livelock. */
+    int rewound = a->ann_version > 0 && (an->version < a->ann_version ||
+                                         (an->version == a->ann_version && an->crc32c != a->ann_crc));
+    if (!rewound && an->version <= a->ann_version)
         return;
     if (a->model) {
         uint64_t want = (uint64_t)a->model->n_params * sizeof(float);
@@ -588,6 +596,26 @@ static void on_announce(actor_t *a, const Crl__WeightsAnnounce *an)
                      a->cfg.network.broker_announce, an->version, an->total_bytes,
                      an->layout ? an->layout : "", want, layout);
             return;
+        }
+    }
+    if (rewound) {
+        /* Held weights of the same version stay when their bytes match
+         * (a resumed learner re-publishes its checkpoint's weights). */
+        int keep = a->model && a->version > 0 && a->version == an->version &&
+                   crc32c(a->model->params, a->model->n_params * sizeof(float)) == an->crc32c;
+        log_warn("broker at %s now announces v%" PRIu64 " (crc32c 0x%08x) after v%" PRIu64
+                 " (0x%08x): the learner went back to an earlier checkpoint; %s",
+                 a->cfg.network.broker_announce, an->version, an->crc32c, a->ann_version,
+                 a->ann_crc,
+                 keep || a->version < an->version ? "fetching it"
+                                                  : "the newer weights held here are dropped");
+        if (a->wf && weights_fetch_active(a->wf))
+            weights_fetch_cancel(a->wf);
+        a->staged_version = 0;
+        a->fetch_retry_at_ms = 0;
+        if (!keep && a->version >= an->version) {
+            a->version = 0; /* no grant starts until v is fetched */
+            STAT_SET(a, weights_version, 0);
         }
     }
     a->ann_version = an->version;

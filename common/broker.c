@@ -222,22 +222,32 @@ static void store_version(broker_t *b, uint64_t version, uint64_t total, uint32_
                           const char *layout, zmq_msg_t *msg, uint8_t *heap, const char *source,
                           uint64_t now)
 {
+    /* The rewind check comes first: a resumed learner re-publishes its
+     * checkpoint's version, which may still be held here with the same
+     * bytes, and the versions after it must go all the same (announcing
+     * them would keep actors on an abandoned history). */
+    version_slot_t *latest = latest_slot(b);
+    if (latest && version < latest->version) {
+        log_warn("version %" PRIu64 " from %s is older than the latest held (%" PRIu64
+                 "): the source rewound; dropping versions > %" PRIu64,
+                 version, source, latest->version, version);
+        for (int i = 0; i < b->n_slots; i++)
+            if (b->slots[i].used && b->slots[i].version > version)
+                slot_free(&b->slots[i]);
+    }
     version_slot_t *held = find_version(b, version);
     if (held && held->total == total && held->crc == crc) {
         log_info("version %" PRIu64 " from %s: already held (same %" PRIu64 " bytes, crc32c 0x%08x)",
                  version, source, total, crc);
         free(heap); /* msg stays with the caller, who closes it */
+        atomic_store_explicit(&b->cnt.latest_version, latest_slot(b)->version, memory_order_relaxed);
         announce(b, latest_slot(b), now);
         return;
     }
-    version_slot_t *latest = latest_slot(b);
-    if (latest && version <= latest->version) {
-        log_warn("version %" PRIu64 " from %s is not newer than the latest held (%" PRIu64
-                 "): the source rewound; dropping versions >= %" PRIu64,
-                 version, source, latest->version, version);
-        for (int i = 0; i < b->n_slots; i++)
-            if (b->slots[i].used && b->slots[i].version >= version)
-                slot_free(&b->slots[i]);
+    if (held) {
+        log_warn("version %" PRIu64 " from %s differs from the one held (crc32c 0x%08x, held 0x%08x): "
+                 "the source rewound; replacing it", version, source, crc, held->crc);
+        slot_free(held);
     }
     version_slot_t *s = NULL;
     for (int i = 0; i < b->n_slots && !s; i++)

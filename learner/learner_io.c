@@ -180,6 +180,8 @@ int lio_find_actor(const lio_t *l, const wire_identity_t *who)
     return -1;
 }
 
+static int lose_grants(lio_t *l, int slot);
+
 int lio_hello(lio_t *l, const wire_identity_t *who, const char *actor_id, const char *hostname,
               uint32_t pid, uint64_t now_ms)
 {
@@ -216,6 +218,13 @@ int lio_hello(lio_t *l, const wire_identity_t *who, const char *actor_id, const 
         lio_actor_t *a = &l->actors[slot];
         if (a->pid != pid || strcmp(a->hostname, hostname ? hostname : "") != 0) {
             a->epoch++; /* a restarted actor: its group ids may start over */
+            /* The new process never heard of the old one's open grants, and
+             * its heartbeats would keep them open (and inside the in-flight
+             * cap) forever: re-grant them now. Also when the old entry came
+             * from messages before any Hello (pid 0): it may be a killed
+             * process; if it is this one, its groups for them are dropped
+             * (grant_reassigned), which costs samples, not a hang. */
+            lose_grants(l, slot);
             snprintf(a->hostname, sizeof(a->hostname), "%s", hostname ? hostname : "");
             a->pid = pid;
         }

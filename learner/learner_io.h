@@ -103,9 +103,11 @@ void lio_destroy(lio_t **l);
 /* A Hello: finds the actor by actor_id (or adds it) and binds it to the
  * routing identity `who`. A Hello with another (hostname, pid) than the
  * actor's last one is a new incarnation (a restarted actor whose group-id
- * counter may start over): its de-duplication keys start afresh. Credits
- * are reset to 0 (the actor asks again after the Welcome); its open grants
- * stay its own. Returns the slot (>= 0) or -ENOMEM. */
+ * counter may start over): its de-duplication keys start afresh and the
+ * open grants of the old incarnation are re-granted (also when that one
+ * was only known from messages before a Hello, pid 0). Credits are reset to 0
+ * (the actor asks again after the Welcome); a reconnect of the same
+ * process keeps its open grants. Returns the slot (>= 0) or -ENOMEM. */
 int lio_hello(lio_t *l, const wire_identity_t *who, const char *actor_id, const char *hostname,
               uint32_t pid, uint64_t now_ms);
 /* Slot of the actor bound to routing identity who; -1 if none. */

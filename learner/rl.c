@@ -209,6 +209,7 @@ typedef struct {
     rng_t grant_rng;          /* grant seeds */
     wire_limits_t lim_work, lim_pub;
     void *zctx, *work, *pub;
+    void *pub_mon;            /* PAIR: handshake events of pub (a restarted broker) */
     security_t *sec; /* CurveZMQ keys and ZAP handler (plain mode without keys) */
 
     /* shared, under mu */
@@ -444,6 +445,9 @@ typedef struct {
     uint64_t drain_deadline;   /* phase 1: actors pick up the final weights */
     uint64_t bye_deadline;     /* phase 2: actors say Bye */
     int data_exhausted;
+    int republish;             /* the broker connection was made again: send the latest version */
+    uint64_t pub_handshakes;   /* handshakes with a broker on the publish socket */
+    time_t grants_paused_since; /* grant_work waits for the broker (0 = not) */
     uint64_t hb_failed_seen[RL_MAX_HB_SLOTS]; /* last_seen + 1 when a heartbeat to it failed */
 } io_state_t;
 
@@ -494,6 +498,15 @@ static void on_group(rl_t *r, io_state_t *s, const wire_identity_t *from, int sl
     gr.received_unix_ms = unix_ms();
     gr.task_kind = it->prompt->kind == REWARD_TASK_CRITIC ? CRL__TASK_KIND__TASK_KIND_CRITIC
                                                           : CRL__TASK_KIND__TASK_KIND_POLICY;
+    /* the grant's learner-side facts, so that a replay needs only the log */
+    char *expected[2] = {it->prompt->expected[0], it->prompt->expected[1]};
+    gr.n_expected = expected[0] ? (expected[1] ? 2 : 1) : 0;
+    gr.expected = expected;
+    if (it->prompt->image) {
+        gr.image.len = (size_t)3 * it->prompt->image_size * it->prompt->image_size;
+        gr.image.data = (uint8_t *)it->prompt->image;
+        gr.image_size = (uint32_t)it->prompt->image_size;
+    }
     rec.kind_case = CRL__TRAJECTORY_RECORD__KIND_RECEIVED;
     rec.received = &gr;
     pthread_mutex_lock(&r->mu);
@@ -506,6 +519,21 @@ static void on_group(rl_t *r, io_state_t *s, const wire_identity_t *from, int sl
      * and free the group at any moment. */
     if (rc != 0) {
         log_error("group %" PRIu64 " from %s: trajectory log: %s: dropped", gid, who, strerror(-rc));
+        if (rc == -ENOSPC || rc == -EDQUOT || rc == -EIO || rc == -EROFS) {
+            /* The log cannot take groups any more, and will not heal by
+             * itself: every group would be dropped from now on. Stop (with
+             * a checkpoint if one fits) instead of spinning. */
+            pthread_mutex_lock(&r->mu);
+            if (!r->fatal) {
+                r->fatal = 1;
+                textf(r->fatal_msg, sizeof(r->fatal_msg),
+                      "the trajectory log in %s/traj cannot be written (%s): free space (or fix the "
+                      "disk) and start the learner again; it resumes from its last checkpoint",
+                      r->run_dir, strerror(-rc));
+                pthread_cond_broadcast(&r->cv);
+            }
+            pthread_mutex_unlock(&r->mu);
+        }
         reason = CRL__DROP_REASON__DROP_REASON_LOG_FAILED;
         lio_commit_group(r->lio, slot, g, reason);
         item_free(&it);
@@ -581,7 +609,22 @@ static void handle_work_msg(rl_t *r, io_state_t *s, const wire_identity_t *from,
         if (s->said_bye)
             send_bye(r, from, s->bye_reason, &s->wc);
     }
+    int was_alive = lio_actor_alive(r->lio, slot);
     lio_touch(r->lio, slot, now);
+    if (!was_alive && env->body_case != CRL__ENVELOPE__BODY_BYE) {
+        /* Timed out (e.g. both sides stalled), now heard from again: its
+         * grants and credits were taken back, so it would wait for grants
+         * it asked for that never come. A Welcome starts a new session:
+         * the actor re-sends what it holds and asks for work afresh. */
+        log_info("actor %s is back after its heartbeat timeout: welcoming it again",
+                 lio_actor_id(r->lio, slot));
+        pthread_mutex_lock(&r->mu);
+        uint64_t v = r->acked_version;
+        pthread_mutex_unlock(&r->mu);
+        send_welcome(r, from, slot, v, &s->wc);
+        if (s->said_bye)
+            send_bye(r, from, s->bye_reason, &s->wc);
+    }
     switch (env->body_case) {
     case CRL__ENVELOPE__BODY_WORK_REQUEST:
         lio_add_credits(r->lio, slot, env->work_request->credits);
@@ -612,7 +655,9 @@ static void publish_if_needed(rl_t *r, io_state_t *s, uint64_t now)
     uint64_t v = r->pub_version, acked = r->acked_version;
     int resend = v == s->sent_version && acked < v &&
                  now - s->sent_ms >= (uint64_t)r->cfg.learner.publish_timeout_ms;
-    if (v > s->sent_version || resend) {
+    int again = s->republish && v > 0;
+    s->republish = 0;
+    if (v > s->sent_version || resend || again) {
         Crl__Envelope env;
         Crl__WeightsPublish wp;
         char layout[96];
@@ -672,6 +717,33 @@ static void grant_work(rl_t *r, io_state_t *s, uint64_t now, uint64_t published)
 {
     if (published == 0 || s->draining || s->data_exhausted)
         return;
+    /* Actors sample with at most the version the broker holds. While the
+     * broker has not taken the newer ones (down, restarting), a group
+     * granted now would already be too stale for the learner's version:
+     * granting it only burns samples on STALE drops, so wait instead. */
+    pthread_mutex_lock(&r->mu);
+    uint64_t V = r->step + 1;
+    pthread_mutex_unlock(&r->mu);
+    if (V > published + (uint64_t)r->cfg.rl.max_staleness) {
+        if (mono_s() - s->last_wait_log >= RL_WAIT_LOG_S) {
+            char t[32];
+            if (!s->grants_paused_since)
+                s->grants_paused_since = time(NULL);
+            log_warn("waiting for broker at %s since %s: it holds version %" PRIu64 ", the learner "
+                     "is at %" PRIu64 "; no grants until it takes a newer one (their groups would "
+                     "be too stale)", r->cfg.network.broker_publish,
+                     clock_text(s->grants_paused_since, t, sizeof(t)), published, V);
+            s->last_wait_log = mono_s();
+        }
+        return;
+    }
+    s->grants_paused_since = 0;
+    /* The oldest version a grant may be served with: within the staleness
+     * window of the published version, and not already too stale for the
+     * learner's own version V (when publishing lags behind the steps). */
+    uint64_t min_v = lio_min_version(published, r->cfg.rl.max_staleness);
+    if (V > (uint64_t)r->cfg.rl.max_staleness && V - (uint64_t)r->cfg.rl.max_staleness > min_v)
+        min_v = V - (uint64_t)r->cfg.rl.max_staleness;
     int slot;
     while ((slot = lio_next_grant_actor(r->lio)) >= 0) {
         lio_prompt_t *p = lio_take_requeued(r->lio);
@@ -691,9 +763,7 @@ static void grant_work(rl_t *r, io_state_t *s, uint64_t now, uint64_t published)
             }
         }
         uint64_t seed = rng_u64(&r->grant_rng);
-        const lio_grant_t *g = lio_grant_issue(r->lio, slot, p, seed,
-                                               lio_min_version(published, r->cfg.rl.max_staleness),
-                                               regrant, now);
+        const lio_grant_t *g = lio_grant_issue(r->lio, slot, p, seed, min_v, regrant, now);
         if (!g) {
             log_error("out of memory issuing a grant");
             return;
@@ -818,6 +888,17 @@ static int open_sockets(rl_t *r, char *err, size_t errlen)
              r->cfg.network.learner_work, serr);
         return -EADDRINUSE;
     }
+    /* A restarted broker holds no weights, and the learner would publish
+     * again only after its next step, which may need actors that cannot
+     * work without weights: every new handshake on the publish socket
+     * makes the I/O thread publish its latest version again. */
+    char mon_ep[64];
+    textf(mon_ep, sizeof(mon_ep), "inproc://crl-learner-pub-monitor-%p", (void *)r);
+    if (zmq_socket_monitor(r->pub, mon_ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0 ||
+        !(r->pub_mon = zmq_socket(r->zctx, ZMQ_PAIR)) || zmq_connect(r->pub_mon, mon_ep) != 0) {
+        errf(err, errlen, "monitor of the publish socket: %s", zmq_strerror(errno));
+        return -EIO;
+    }
     if (security_connect(r->sec, r->pub, r->cfg.network.broker_publish, serr, sizeof serr) != 0) {
         errf(err, errlen, "cannot connect to the broker at network.broker_publish = %s: %s",
              r->cfg.network.broker_publish, serr);
@@ -845,8 +926,9 @@ static void *io_main(void *arg)
             else
                 log_info("reloaded the allowed client keys: %d listed", nk);
         }
-        zmq_pollitem_t items[2] = {{r->work, 0, ZMQ_POLLIN, 0}, {r->pub, 0, ZMQ_POLLIN, 0}};
-        int prc = zmq_poll(items, 2, RL_POLL_MS);
+        zmq_pollitem_t items[3] = {{r->work, 0, ZMQ_POLLIN, 0}, {r->pub, 0, ZMQ_POLLIN, 0},
+                                   {r->pub_mon, 0, ZMQ_POLLIN, 0}};
+        int prc = zmq_poll(items, 3, RL_POLL_MS);
         if (prc < 0 && errno != EINTR) {
             pthread_mutex_lock(&r->mu);
             r->fatal = 1;
@@ -884,6 +966,38 @@ static void *io_main(void *arg)
                 break;
             handle_pub_msg(r, &s, env);
             wire_envelope_free(&env);
+        }
+        for (int k = 0; k < 16 && (items[2].revents & ZMQ_POLLIN); k++) {
+            /* monitor event: [u16 event][u32 value] then the endpoint */
+            zmq_msg_t ev;
+            zmq_msg_init(&ev);
+            if (zmq_msg_recv(&ev, r->pub_mon, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&ev);
+                break;
+            }
+            int more = zmq_msg_more(&ev);
+            uint16_t code = 0;
+            if (zmq_msg_size(&ev) >= 2)
+                memcpy(&code, zmq_msg_data(&ev), 2);
+            zmq_msg_close(&ev);
+            while (more) {
+                zmq_msg_t part;
+                zmq_msg_init(&part);
+                if (zmq_msg_recv(&part, r->pub_mon, 0) < 0)
+                    more = 0;
+                else
+                    more = zmq_msg_more(&part);
+                zmq_msg_close(&part);
+            }
+            if (code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED && s.pub_handshakes++ > 0) {
+                pthread_mutex_lock(&r->mu);
+                uint64_t v = r->pub_version;
+                pthread_mutex_unlock(&r->mu);
+                log_info("connected to the broker at %s again: publishing version %" PRIu64
+                         " again (a restarted broker holds nothing)",
+                         r->cfg.network.broker_publish, v);
+                s.republish = 1;
+            }
         }
         publish_if_needed(r, &s, now);
 
@@ -1406,6 +1520,19 @@ static void *compute_main(void *arg)
             m.version_after = V + 1;
             m.n_groups = (size_t)gps;
             m.groups = kp;
+            /* positions of the groups' GroupReceived records: keys repeat
+             * when an actor restarts, positions do not (replay uses them) */
+            uint32_t *gfile = calloc((size_t)gps, sizeof(uint32_t));
+            uint64_t *goff = calloc((size_t)gps, sizeof(uint64_t));
+            if (gfile && goff) {
+                for (int i = 0; i < gps; i++) {
+                    gfile[i] = b.batch[i]->log_file;
+                    goff[i] = b.batch[i]->log_off;
+                }
+                m.n_group_file_index = m.n_group_offset = (size_t)gps;
+                m.group_file_index = gfile;
+                m.group_offset = goff;
+            }
             uint64_t rs[4] = {rng_before.s[0], rng_before.s[1], rng_before.s[2], rng_before.s[3]};
             m.n_rng_state = 4;
             m.rng_state = rs;
@@ -1419,9 +1546,14 @@ static void *compute_main(void *arg)
             }
             m.formed_unix_ms = unix_ms();
             m.update_seconds = update_s;
+            m.optimizer_steps = (uint64_t)adamw_steps(r->opt);
+            m.updated = st.updated != 0;
+            m.lr = st.lr;
             rec.kind_case = CRL__TRAJECTORY_RECORD__KIND_STEP;
             rec.step = &m;
             int lrc = log_record(r, &rec, NULL, NULL);
+            free(gfile);
+            free(goff);
             if (lrc != 0)
                 log_error("trajectory log: step marker %" PRIu64 ": %s", r->step, strerror(-lrc));
         }
@@ -1770,6 +1902,8 @@ static void rl_free(rl_t *r)
 {
     if (r->work)
         zmq_close(r->work);
+    if (r->pub_mon)
+        zmq_close(r->pub_mon);
     if (r->pub)
         zmq_close(r->pub);
     /* After the server sockets are closed: without its ZAP handler a CURVE
@@ -1976,6 +2110,20 @@ int learner_rl_main(int argc, char **argv)
         r->consumed = rs.consumed;
         r->samples_used = rs.samples_used;
         memcpy(r->cdropped, rs.cdropped, sizeof(r->cdropped));
+        /* Groups the checkpoint counted as accepted but not yet taken by
+         * the compute thread lived in the memory of the process that wrote
+         * it. After a crash they are gone (their prompts are on the
+         * requeue list and granted again): count them as dropped
+         * (shutdown), or received would exceed used + dropped forever.
+         * A clean stop drains its queue first, so this is 0 then. */
+        uint64_t queued = rs.io.groups_accepted > rs.consumed ? rs.io.groups_accepted - rs.consumed : 0;
+        if (queued) {
+            r->cdropped[CRL__DROP_REASON__DROP_REASON_SHUTDOWN] += queued;
+            r->consumed += queued;
+            log_warn("resume: groups queued at the checkpoint and lost with the previous process: "
+                     "%" PRIu64 ", counted as dropped (shutdown); their prompts are granted again",
+                     queued);
+        }
         r->consumed_base = r->consumed;
         log_info("resuming %s at step %" PRIu64 " (version %" PRIu64 ", %zu prompts to re-grant)",
                  latest, r->step, r->step + 1, rs.n_requeue);
@@ -2073,6 +2221,25 @@ int learner_rl_main(int argc, char **argv)
                      "to the previous (interrupted) process; they stay, seq continues at %" PRIu64,
                      extra, r->log_seq);
         trim_metrics(r->metrics_path, r->step);
+    } else {
+        /* A fresh start in a run folder that a process killed before its
+         * first checkpoint left behind: its metrics lines are redone, and
+         * the log's seq numbers continue after its records. */
+        uint64_t old = 0;
+        {
+            char rerr[512];
+            traj_log_reader_t *rd = traj_log_reader_open(trajdir, 1, rerr, sizeof(rerr));
+            const void *rp;
+            size_t rlen;
+            while (rd && traj_log_next(rd, &rp, &rlen, NULL, NULL) == 1)
+                old++;
+            traj_log_reader_close(&rd);
+        }
+        r->log_seq = old;
+        if (old)
+            log_warn("trajectory log: %" PRIu64 " records of an earlier attempt (no checkpoint was "
+                     "written) stay; seq continues at %" PRIu64, old, old);
+        trim_metrics(r->metrics_path, 0);
     }
     r->mx = metrics_open(r->metrics_path, why, sizeof(why));
     if (!r->mx) {
@@ -2144,19 +2311,22 @@ int learner_rl_main(int argc, char **argv)
         traj_log_sync(r->log);
         if (fatal)
             log_error("stopped: %s", r->fatal_msg);
+        int ckpt_failed = 0; /* the exit status says so: the last steps are not saved */
         if (snap_ok && r->step == 0) {
             log_info("no update was taken: no checkpoint written");
             snapshot_free(&sn);
         } else if (snap_ok) {
             double t0 = mono_s();
-            if (save_checkpoint(r, &sn, err, sizeof(err)) != 0)
+            if (save_checkpoint(r, &sn, err, sizeof(err)) != 0) {
                 log_error("%s", err);
-            else
+                ckpt_failed = 1;
+            } else
                 log_info("checkpoint %s/step-%" PRIu64 " (%.2f s)", r->ckpt_root, r->step,
                          mono_s() - t0);
             snapshot_free(&sn);
         } else {
             log_error("final checkpoint: out of memory");
+            ckpt_failed = 1;
         }
         metrics_close(&r->mx);
         static const char *const fields[] = {"reward", "preference_acc", "format_rate",
@@ -2194,7 +2364,7 @@ int learner_rl_main(int argc, char **argv)
                                                          : "NOT BALANCED");
         log_info("final: step=%" PRIu64 " version=%" PRIu64 " received=%" PRIu64 " used=%" PRIu64
                  " dropped=%" PRIu64, r->step, r->step + 1, io.groups_received, r->used, dropped);
-        status = fatal ? 1 : 0;
+        status = fatal || ckpt_failed ? 1 : 0;
     }
 out:
     free(rs.requeue);
