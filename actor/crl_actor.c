@@ -35,49 +35,24 @@ static void usage(FILE *f)
             "  --broker-announce ADDR  = --set network.broker_announce=ADDR\n"
             "  --broker-fetch ADDR     = --set network.broker_fetch=ADDR\n"
             "  --id NAME               = --set actor.id=NAME (default <hostname>-<pid>)\n"
-            "The model comes from the learner's Welcome; a --config whose \"model\" section (or a\n"
-            "--set model.*) differs from the learner's makes the actor refuse to join.\n"
+            "The model comes from the learner's Welcome (the config file's \"model\" section is not\n"
+            "used); an explicit --set model.* that differs from the learner's makes the actor refuse.\n"
             "Keys read: actor.* (credits, cpus, threads, id, max_unacked), network.*,\n"
             "broker.chunk_bytes, learner.heartbeat_ms / heartbeat_timeout_ms (until the Welcome).\n"
             "--help-config lists every key. SIGINT/SIGTERM: finish the group in progress, say\n"
             "Bye, exit 0 (twice: abandon the group).\n");
 }
 
-/* 1 when the config file has a top-level "model" object: then the actor
- * was told which model to run and checks the learner's against it. */
-static int file_has_model_section(const char *path)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return 0;
-    size_t cap = 16u << 20, n;
-    char *buf = malloc(cap);
-    int has = 0;
-    if (buf) {
-        n = fread(buf, 1, cap, fp);
-        cJSON *root = cJSON_ParseWithLength(buf, n);
-        has = root && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "model"));
-        cJSON_Delete(root);
-        free(buf);
-    }
-    fclose(fp);
-    return has;
-}
-
-/* Looks at the arguments before config_parse_args consumes them. */
+/* Looks at the arguments before config_parse_args consumes them. Only an
+ * explicit --set model.* counts: a run config always has a "model" section,
+ * but the learner takes its model from the checkpoint (rl.init), so the file's
+ * model keys say nothing about the model actually being trained. */
 static int model_was_given(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         if (!strcmp(a, "--"))
             break;
-        if (!strcmp(a, "--config") && i + 1 < argc)
-            v = argv[++i];
-        else if (!strncmp(a, "--config=", 9))
-            v = a + 9;
-        if (v && file_has_model_section(v))
-            return 1;
-        v = NULL;
         if (!strcmp(a, "--set") && i + 1 < argc)
             v = argv[++i];
         else if (!strncmp(a, "--set=", 6))
