@@ -10,6 +10,7 @@ PKGS=(
   libopenblas-dev libhwloc-dev libcjson-dev libcriterion-dev libstb-dev
   gnuplot-nox
   clang libclang-rt-14-dev
+  iproute2
 )
 # Optional extras: the PyTorch reference used only by `make bench`.
 if [ "${CRL_WITH_TORCH:-0}" = 1 ]; then PKGS+=(python3-torch); fi
