@@ -4,6 +4,7 @@
 #   make test       install missing Debian packages, build, run every test
 #   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make bench      speed figures beside their references (installs python3-torch)
+#   make chaos      long chaos run: actors, broker and learner killed under a live run
 #   make fuzz       fuzz every parser for FUZZ_SECONDS (300) each (tests/fuzz/run.sh)
 #   make demo       the whole recipe on the built-in world (launch/demo.sh)
 #   make deps       install the Debian packages crl needs (launch/install-deps.sh)
@@ -48,13 +49,13 @@ TEST_SRCS ?= $(wildcard tests/test_*.c)
 TEST_BIN := $(B)/tests/crl-tests
 BENCH_BIN := $(B)/bin/crl-bench
 
-.PHONY: all deps test run-tests asan bench demo clean help fuzz
+.PHONY: all deps test run-tests asan bench demo clean help fuzz chaos
 FUZZ_SECONDS ?= 300
 FUZZ_SHORT ?= 5
 all: $(LIB) $(PROGS) $(TEST_BIN)
 
 help:
-	@sed -n '2,12p' Makefile
+	@sed -n '2,15p' Makefile
 
 deps:
 	@bash launch/install-deps.sh
@@ -105,6 +106,9 @@ run-tests: all
 
 fuzz: deps
 	@FUZZ_BUILD=$(B)/fuzz bash tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+chaos: all
+	@CRL_BIN_DIR=$(abspath $(B)/bin) bash tests/chaos/chaos.sh $(TEST_BIN)
 
 asan: deps
 	@$(MAKE) --no-print-directory B=build-asan FUZZ_SHORT=0 OPT="-O1 -fno-omit-frame-pointer" \

@@ -895,7 +895,9 @@ static int open_sockets(rl_t *r, char *err, size_t errlen)
     char mon_ep[64];
     textf(mon_ep, sizeof(mon_ep), "inproc://crl-learner-pub-monitor-%p", (void *)r);
     if (zmq_socket_monitor(r->pub, mon_ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0 ||
-        !(r->pub_mon = zmq_socket(r->zctx, ZMQ_PAIR)) || zmq_connect(r->pub_mon, mon_ep) != 0) {
+        !(r->pub_mon = zmq_socket(r->zctx, ZMQ_PAIR)) ||
+        zmq_setsockopt(r->pub_mon, ZMQ_LINGER, &(int){0}, sizeof(int)) != 0 ||
+        zmq_connect(r->pub_mon, mon_ep) != 0) {
         errf(err, errlen, "monitor of the publish socket: %s", zmq_strerror(errno));
         return -EIO;
     }
