@@ -503,8 +503,11 @@ static int on_received(replay_index_t *idx, const Crl__TrajectoryRecord *rec,
     if (prev >= 0) {
         const replay_group_t *p = &idx->groups[prev];
         char *pf = file_path(idx, p->file_index);
-        add_problem(idx, REPLAY_PROBLEM_ERROR, file, off,
-                    "seq %" PRIu64 ": group %s#%" PRIu64 " received again (first at %s offset %" PRIu64 ")",
+        /* Expected after a reconnect or a learner restart: actors re-send
+         * unacked groups and the learner logs them before de-duplicating. */
+        add_problem(idx, REPLAY_PROBLEM_NOTE, file, off,
+                    "seq %" PRIu64 ": group %s#%" PRIu64 " received again (first at %s offset %" PRIu64
+                    "; an actor re-sent it after a reconnect or a learner restart)",
                     rec->seq, tg->actor_id, tg->group_id, pf ? pf : "?", p->offset);
         free(pf);
         return 0;
@@ -636,8 +639,11 @@ static int on_marker(replay_index_t *idx, const Crl__TrajectoryRecord *rec, cons
         return 0;
     }
     if (idx->n_steps > 0 && m->step <= idx->steps[idx->n_steps - 1].step) {
-        add_problem(idx, REPLAY_PROBLEM_ERROR, file, off,
-                    "seq %" PRIu64 ": StepMarker for step %" PRIu64 " comes after step %" PRIu64 " (steps must increase)",
+        /* A learner resumed from a checkpoint redoes the steps after it; the
+         * later marker is the one that counts (crl-learner replay follows it). */
+        add_problem(idx, REPLAY_PROBLEM_NOTE, file, off,
+                    "seq %" PRIu64 ": StepMarker for step %" PRIu64 " comes after step %" PRIu64
+                    " (a step redone after a learner restart; the later marker counts)",
                     rec->seq, m->step, idx->steps[idx->n_steps - 1].step);
         idx->steps_sorted = 0;
     }
