@@ -1264,9 +1264,11 @@ int config_validate(const crl_config_t *cfg, char *err, size_t errlen)
                 "model.max_seq_len (%d) is too short: the image takes %d tokens (model.image_size / "
                 "model.patch_size), rl.max_new_tokens is %d, and a prompt needs at least 16 more",
                 m->max_seq_len, image_tokens, cfg->rl.max_new_tokens);
-    if (cfg->tokenizer.vocab_size > m->vocab_size)
-        problem(&p, "tokenizer.vocab_size (%d) exceeds model.vocab_size (%d)", cfg->tokenizer.vocab_size,
-                m->vocab_size);
+    /* No check of tokenizer.vocab_size against model.vocab_size: the former is
+     * the BPE trainer's target, which it may stop short of; the model takes
+     * the trained tokenizer's real size (the warm-up sets it, and rl/eval take
+     * the model from a checkpoint), so a run's saved config legitimately has
+     * model.vocab_size < tokenizer.vocab_size. */
 
     const config_sft_t *s = &cfg->sft;
     double mix = s->mix_captions + s->mix_policy + s->mix_critic;

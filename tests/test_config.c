@@ -400,7 +400,6 @@ Test(config, cross_field_validation_names_the_keys)
     EXPECT_INVALID(L("rl.group_size=7"), L("rl.order_balanced", "rl.group_size (got 7)"));
     EXPECT_INVALID(L("learner.heartbeat_timeout_ms=1500"),
                    L("learner.heartbeat_timeout_ms (1500)", "learner.heartbeat_ms (1000)"));
-    EXPECT_INVALID(L("tokenizer.vocab_size=1000"), L("tokenizer.vocab_size (1000)", "model.vocab_size (512)"));
     EXPECT_INVALID(L("model.max_seq_len=100"), L("model.max_seq_len (100)", "rl.max_new_tokens"));
     EXPECT_INVALID(L("sft.batch_tokens=100"), L("sft.batch_tokens (100)", "model.max_seq_len"));
     EXPECT_INVALID(L("eval.n_samples=1"), L("eval.self_critique", "eval.n_samples"));
