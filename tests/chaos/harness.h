@@ -472,6 +472,37 @@ static inline int h_ckpt_position(const char *which, long *step, double *pos)
     return ok ? 0 : -1;
 }
 
+/* Waits up to wait_s for every started process to exit by itself (actors
+ * leave on the learner's final Bye); then sends SIGTERM to the ones still
+ * running, as launch/local.sh does at the end of a run. Returns how many
+ * needed the SIGTERM and names them in `out`. */
+static inline int h_stop_stragglers(double wait_s, char *out, size_t outlen)
+{
+    double t0 = h_now();
+    int left;
+    do {
+        left = 0;
+        for (int i = 0; i < H.n; i++)
+            if (!h_reaped(H.started[i]))
+                left++;
+        if (left == 0)
+            break;
+        h_sleep_ms(50);
+    } while (h_now() - t0 < wait_s);
+    size_t o = 0;
+    if (outlen)
+        out[0] = '\0';
+    int n = 0;
+    for (int i = 0; i < H.n; i++)
+        if (H.pids[i] > 0 && !h_reaped(H.pids[i])) {
+            if (o < outlen)
+                o += (size_t)snprintf(out + o, outlen - o, " %s(pid %d)", H.names[i], (int)H.pids[i]);
+            h_signal(H.pids[i], SIGTERM);
+            n++;
+        }
+    return n;
+}
+
 /* Every process started has exited (reaped), waiting up to timeout_s for
  * the stragglers; names those still running (and kills them) in `out`.
  * Returns how many were left running. The check also uses kill(pid, 0):
