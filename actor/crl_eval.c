@@ -392,12 +392,16 @@ static const metric_t *find_metric(const report_t *r, const char *key)
     return NULL;
 }
 
-/* Verdict on a paired difference: only a significant change counts. */
+/* Verdict on a paired difference: only a significant change counts — the
+ * sign test AND the bootstrap interval of the mean difference must agree.
+ * (With per-item fractions, e.g. a single sample's mean accuracy, nearly
+ * every item "changes", so the sign test alone speaks about the median and
+ * can call a tiny mean difference significant.) */
 static const char *claim_verdict(const stats_paired_t *s)
 {
-    if (s->p_sign < 0.05 && s->diff > 0)
-        return "SUPPORTED (p < 0.05)";
-    if (s->p_sign < 0.05 && s->diff < 0)
+    if (s->p_sign < 0.05 && s->diff > 0 && s->ci_lo > 0)
+        return "SUPPORTED (p < 0.05, CI > 0)";
+    if (s->p_sign < 0.05 && s->diff < 0 && s->ci_hi < 0)
         return "CONTRADICTED (significant drop)";
     return "NOT SHOWN (no significant change)";
 }
@@ -417,10 +421,11 @@ static int claim_row(cJSON *arr, const char *claim, const char *what, const repo
     int rc = stats_paired(ma->item, mb->item, ma->n, N_BOOT, 0.95, &rng, &s);
     if (rc)
         return rc;
-    char fig[96];
-    snprintf(fig, sizeof fig, "%.3f -> %.3f (%+.3f, p=%.2g)", s.mean_a, s.mean_b, s.diff, s.p_sign);
+    char fig[128];
+    snprintf(fig, sizeof fig, "%.3f -> %.3f (%+.3f, p=%.2g, CI [%+.3f, %+.3f])", s.mean_a, s.mean_b,
+             s.diff, s.p_sign, s.ci_lo, s.ci_hi);
     const char *verdict = claim_verdict(&s);
-    printf("%-44s %-34s %-36s %s\n", claim, what, fig, verdict);
+    printf("%-44s %-34s %-52s %s\n", claim, what, fig, verdict);
     cJSON *o = cJSON_CreateObject();
     if (!o || !cJSON_AddItemToArray(arr, o) || !cJSON_AddStringToObject(o, "claim", claim) ||
         !cJSON_AddStringToObject(o, "measure", what) ||
@@ -439,7 +444,8 @@ static int print_claims(const report_t *base, const report_t *rl, uint64_t seed,
                         cJSON *arr)
 {
     printf("\nThe paper's claims (LLaVA-Critic-R1) against this run, paired on the same items:\n");
-    printf("%-44s %-34s %-36s %s\n", "claim", "measure", "base -> RL (diff, sign-test p)", "verdict");
+    printf("%-44s %-34s %-52s %s\n", "claim", "measure", "base -> RL (diff, sign-test p, 95% CI)",
+           "verdict");
     int rc = claim_row(arr, "1. RL on critic data makes a better critic", "critic accuracy (both orders)",
                        base, "critic_accuracy", rl, "critic_accuracy", seed, 1);
     if (!rc)
@@ -459,8 +465,9 @@ static int print_claims(const report_t *base, const report_t *rl, uint64_t seed,
         snprintf(label, sizeof label, "RL: majority@%d -> best-of-%d", max_n, max_n);
         rc = claim_row(arr, "   (stronger bar: beat majority vote)", label, rl, mk, rl, tk, seed, 4);
     }
-    printf("Verdicts need p < 0.05 (exact sign test on items that changed); RECIPE.md explains why\n"
-           "claim 2 is not expected to appear by itself at this scale.\n");
+    printf("Verdicts need p < 0.05 (exact sign test on items that changed) and a bootstrap 95%% CI of\n"
+           "the difference that excludes 0; RECIPE.md explains why claim 2 is not expected to appear\n"
+           "by itself at this scale.\n");
     return rc;
 }
 
