@@ -111,7 +111,8 @@ chaos: all
 	@CRL_BIN_DIR=$(abspath $(B)/bin) bash tests/chaos/chaos.sh $(TEST_BIN)
 
 asan: deps
-	@$(MAKE) --no-print-directory B=build-asan FUZZ_SHORT=0 OPT="-O1 -fno-omit-frame-pointer" \
+	@LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) \
+	    $(MAKE) --no-print-directory B=build-asan FUZZ_SHORT=0 OPT="-O1 -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" run-tests
 
 bench: 
