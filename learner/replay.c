@@ -80,47 +80,11 @@ static const char *const RP_STEP_KEYS[] = {
 
 /* ------------------------------------------------------------ helpers */
 
-static void errf(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t len, const char *fmt, ...)
-{
-    if (!err || !len)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-}
-
-/* snprintf through a va_list: paths here are bounded by RP_PATH and a cut
- * one would only garble a message, so gcc's truncation warnings are
- * avoided on purpose (as in rl.c). */
-static int textf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int textf(char *buf, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-    return n;
-}
-
 static double mono_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int path_exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0;
 }
 
 /* dst = path without its last component ("." when there is none); trailing

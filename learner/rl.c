@@ -99,36 +99,6 @@ static uint64_t unix_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static void errf(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t len, const char *fmt, ...)
-{
-    if (!err || !len)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-}
-
-/* snprintf through a va_list: a cut string is acceptable for these log and
- * path texts (their buffers are sized for real paths), so gcc's
- * worst-case truncation warnings are avoided on purpose. */
-static int textf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int textf(char *buf, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-    return n;
-}
-
-static int path_exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
 static const char *clock_text(time_t t, char *buf, size_t len)
 {
     struct tm tm;

@@ -1,6 +1,8 @@
 /* rl_data: prompt source of the GRPO learner (see rl_data.h). */
 #include "rl_data.h"
 
+#include "learner.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -42,17 +44,6 @@ struct rld {
     int *buf_alt;
     size_t skipped_equal, skipped_long;
 };
-
-static void errf(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t len, const char *fmt, ...)
-{
-    if (!err || !len)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-}
 
 static int file_exists(const char *p)
 {
