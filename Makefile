@@ -101,7 +101,7 @@ test: deps
 
 # The short fuzz run comes first so that Criterion's summary is the last line.
 run-tests: all
-	@FUZZ_BUILD=$(B)/fuzz bash tests/fuzz/run.sh $(FUZZ_SHORT)
+	@FUZZ_BUILD=$(B)/fuzz FUZZ_SEED=1 bash tests/fuzz/run.sh $(FUZZ_SHORT)
 	@CRL_BIN_DIR=$(abspath $(B)/bin) bash tests/run.sh $(TEST_BIN)
 
 fuzz: deps

@@ -3,6 +3,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -310,7 +311,11 @@ static int parse_record(dataset_t *ds, const char *dir, const char *line, size_t
         rec->id = strdup(idbuf);
     } else if (cJSON_IsString(id) && id->valuestring && id->valuestring[0]) {
         rec->id = strdup(id->valuestring);
-    } else if (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble) {
+    } else if (cJSON_IsNumber(id) && fabs(id->valuedouble) < 9.0e15 &&
+               id->valuedouble == (double)(long long)id->valuedouble) {
+        /* The range check comes first: casting a double outside long long's
+         * range is undefined behaviour (found by fuzz_dataset). Integers
+         * beyond 2^53 are not exact in JSON doubles anyway. */
         snprintf(idbuf, sizeof(idbuf), "%lld", (long long)id->valuedouble);
         rec->id = strdup(idbuf);
     } else {

@@ -188,6 +188,9 @@ for t in "${targets[@]}"; do
     [ -f "$here/dict/$t.dict" ] && dict=(-dict="$here/dict/$t.dict")
     # 0 seconds: only run the seeds (and regressions) once, no fuzzing.
     if [ "$secs" = 0 ]; then limit=(-runs=0); else limit=(-max_total_time="$secs"); fi
+    # A fixed seed (make test sets FUZZ_SEED=1) makes the short run explore the
+    # same input sequence every time; make fuzz explores with a random seed.
+    if [ -n "${FUZZ_SEED:-}" ]; then limit+=(-seed="$FUZZ_SEED"); fi
     "$bin" "${limit[@]}" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 -artifact_prefix="$tw/artifacts/" "${dict[@]}" \
         "$tw/corpus" >"$tw/fuzz.log" 2>&1
