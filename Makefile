@@ -13,6 +13,9 @@
 # B selects the build folder, so that several builds (or people) can work
 # in one tree at once:  make B=/tmp/mybuild test
 
+# The program rules below are generated before `all`, so name the default.
+.DEFAULT_GOAL := all
+
 B ?= build
 CC ?= cc
 OPT ?= -O2 -march=native
