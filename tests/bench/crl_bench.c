@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kernels.h"
 #include "log.h"
@@ -264,18 +265,41 @@ static void report(const char *dir)
 
 /* tests/bench/bench_broker.c: weights fan-out through the broker vs raw zmq. */
 int bench_broker_run(FILE *json);
+/* tests/bench/bench_ingest.c: learner ingest (real crl-learner) vs raw zmq. */
+int bench_ingest_run(const char *setup_dir, const char *config, const char *bin_dir, FILE *json);
+/* tests/bench/bench_e2e.c: the end-to-end table of tests/bench/e2e.sh's runs. */
+int bench_e2e_report(const char *root, FILE *json);
+
+/* Folder of this executable (crl-broker and crl-learner sit beside it). */
+static int self_dir(char *buf, size_t len)
+{
+    ssize_t n = readlink("/proc/self/exe", buf, len - 1);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *slash = strrchr(buf, '/');
+    if (!slash)
+        return -1;
+    *slash = '\0';
+    return 0;
+}
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: crl-bench --threads N --json FILE   measure at N threads, append JSON lines\n"
                "       crl-bench --broker --json FILE      weights fan-out: broker vs raw zmq\n"
+               "       crl-bench --ingest SETUP --config FILE [--json FILE]\n"
+               "                                           learner ingest (crl-learner rl with SETUP/data and\n"
+               "                                           SETUP/runs/base/ckpt/latest) vs raw zmq\n"
+               "       crl-bench --e2e-report ROOT         table of tests/bench/e2e.sh's runs ROOT/e2e-{1,2}\n"
                "       crl-bench --report DIR              print the side-by-side table\n");
 }
 
 int main(int argc, char **argv)
 {
     int threads = 1;
-    const char *json_path = NULL, *report_dir = NULL;
+    const char *json_path = NULL, *report_dir = NULL, *ingest_dir = NULL, *config = NULL,
+               *e2e_root = NULL;
     int broker = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
@@ -286,6 +310,12 @@ int main(int argc, char **argv)
             broker = 1;
         else if (!strcmp(argv[i], "--report") && i + 1 < argc)
             report_dir = argv[++i];
+        else if (!strcmp(argv[i], "--ingest") && i + 1 < argc)
+            ingest_dir = argv[++i];
+        else if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            config = argv[++i];
+        else if (!strcmp(argv[i], "--e2e-report") && i + 1 < argc)
+            e2e_root = argv[++i];
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
             return 0;
@@ -299,6 +329,35 @@ int main(int argc, char **argv)
     if (report_dir) {
         report(report_dir);
         return 0;
+    }
+    if (e2e_root || ingest_dir) {
+        FILE *js = json_path ? fopen(json_path, "a") : NULL;
+        if (json_path && !js) {
+            fprintf(stderr, "crl-bench: cannot open %s: %s\n", json_path, strerror(errno));
+            return 1;
+        }
+        int brc;
+        if (e2e_root) {
+            brc = bench_e2e_report(e2e_root, js);
+        } else {
+            char bin[4096];
+            if (!config) {
+                fprintf(stderr, "crl-bench: --ingest needs --config FILE (e.g. launch/demo.json)\n");
+                if (js)
+                    fclose(js);
+                return 2;
+            }
+            if (self_dir(bin, sizeof bin) != 0) {
+                fprintf(stderr, "crl-bench: cannot find my own folder (/proc/self/exe)\n");
+                if (js)
+                    fclose(js);
+                return 1;
+            }
+            brc = bench_ingest_run(ingest_dir, config, bin, js);
+        }
+        if (js)
+            fclose(js);
+        return brc == 0 ? 0 : 1;
     }
     if (!json_path || threads < 1) {
         usage(stderr);

@@ -4,6 +4,8 @@
 # are noisy; run twice before drawing conclusions.
 set -uo pipefail
 bench=${1:?usage: tests/bench/run.sh CRL_BENCH_BINARY}
+here=$(cd "$(dirname "$0")/../.." && pwd)
+bindir=$(cd "$(dirname "$bench")" && pwd)
 py=/usr/bin/python3
 out=$(mktemp -d /tmp/crl-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT
@@ -21,3 +23,26 @@ done
 echo
 echo "== weights fan-out: learner publish -> every actor holds the version (broker vs raw zmq) =="
 "$bench" --broker --json "$out/broker.jsonl" || exit 1
+
+# Learner ingest and end-to-end runs need the demo's data, tokenizer and a
+# base model; an untrained one (sft.steps=0) is enough for throughput.
+echo
+echo "== learner ingest and end-to-end RL (demo model; this machine is shared: figures are noisy) =="
+setup=$out/setup
+mkdir -p "$setup"
+echo "== setup: built-in world, tokenizer, untrained base model in $setup ==" >&2
+if ! CRL_SFT_VAL_POLICY=0 CRL_SFT_VAL_CRITIC=0 "$bindir/crl-learner" sft --config "$here/launch/demo.json" \
+    --set run.dir="$setup/runs" --set run.name=base --set data.dir="$setup/data" \
+    --set sft.steps=0 >"$setup/sft.log" 2>&1; then
+  echo "setup failed; last lines of $setup/sft.log:" >&2
+  tail -n 15 "$setup/sft.log" >&2
+  exit 1
+fi
+echo "== learner ingest: crl-learner rl fed by fake actors vs zmq alone ==" >&2
+"$bench" --ingest "$setup" --config "$here/launch/demo.json" --json "$out/ingest.jsonl" 2>"$out/ingest.log" || {
+  echo "learner ingest benchmark failed; its log:" >&2; tail -n 30 "$out/ingest.log" >&2; exit 1; }
+echo "machine load before the end-to-end runs: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average) on $(nproc) cores"
+bash "$here/tests/bench/e2e.sh" "$bindir" "$setup" "$out/e2e" "$here/launch/demo.json"
+e2e=$?
+"$bench" --e2e-report "$out/e2e" --json "$out/e2e.jsonl" || exit 1
+exit $e2e
