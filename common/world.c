@@ -139,6 +139,7 @@ void world_config_default(world_config_t *cfg)
     cfg->wrong_reasoning_frac = 0.15f;
     cfg->grid_lines = 1;
     cfg->caption_all_cells = 1;
+    cfg->caption_shuffle = 1;
 }
 
 int world_config_check(const world_config_t *cfg, char *err, size_t errlen)
@@ -610,8 +611,18 @@ static int caption_text(const world_config_t *cfg, const world_scene_t *s, char 
 {
     sb_t sb;
     sb_init(&sb, out, cap);
-    int any = 0;
-    for (int i = 0; i < s->rows * s->cols; i++) {
+    int any = 0, n = s->rows * s->cols, order[WORLD_MAX_CELLS];
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    if (cfg->caption_shuffle) {
+        /* Own stream keyed by the scene, so that the split's other draws
+         * (and so every question and pair) are the same in both orders. */
+        rng_t r;
+        rng_seed_stream(&r, cfg->seed ^ world_scene_hash(s), 0x63617074696f6eULL /* "caption" */);
+        rng_shuffle_int(&r, order, (size_t)n);
+    }
+    for (int k = 0; k < n; k++) {
+        int i = order[k];
         if (!cfg->caption_all_cells && s->color[i] == WORLD_EMPTY)
             continue;
         sb_printf(&sb, any ? " " : "");

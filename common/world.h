@@ -80,6 +80,11 @@ typedef struct {
                                  * (per type, where possible); default 0.15 */
     int grid_lines;           /* draw thin grid lines; default 1 */
     int caption_all_cells;    /* caption lists empty cells too; default 1 */
+    int caption_shuffle;      /* caption lists the cells in a random order (drawn per scene
+                               * from seed and scene, so nothing else in the split changes);
+                               * 0 = raster order. Default 1: in raster order a model learns
+                               * to read cells by counting along the caption, not by name,
+                               * and cannot look up "the object at bottom right" later. */
 } world_config_t;
 
 /* A scene: contents plus the per-object rendering jitter drawn with it. */

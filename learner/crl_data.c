@@ -37,6 +37,8 @@ static void usage(FILE *f)
             "  --wrong-reasoning F    share of critic pairs whose wrong answer has the right\n"
             "                         final answer but false reasoning (default 0.15)\n"
             "  --no-grid-lines        do not draw grid lines\n"
+            "  --raster-captions      list a caption's cells in raster order (default: a random\n"
+            "                         order per scene, which teaches reading a cell by its name)\n"
             "  --quiet                no summary\n"
             "  --help                 this text\n",
             WORLD_MAX_SIDE, WORLD_MAX_COLORS, WORLD_MAX_SHAPES);
@@ -109,6 +111,7 @@ static int write_world_json(const char *dir, const world_config_t *cfg, const si
              cJSON_AddNumberToObject(o, "critic_per_scene", cfg->critic_per_scene) &&
              cJSON_AddNumberToObject(o, "wrong_reasoning_frac", cfg->wrong_reasoning_frac) &&
              cJSON_AddBoolToObject(o, "grid_lines", cfg->grid_lines) &&
+             cJSON_AddBoolToObject(o, "caption_shuffle", cfg->caption_shuffle) &&
              cJSON_AddNumberToObject(o, "train_scenes", (double)n[0]) &&
              cJSON_AddNumberToObject(o, "val_scenes", (double)n[1]) &&
              cJSON_AddNumberToObject(o, "test_scenes", (double)n[2]);
@@ -188,6 +191,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-grid-lines")) {
             cfg.grid_lines = 0;
+            continue;
+        }
+        if (!strcmp(a, "--raster-captions")) {
+            cfg.caption_shuffle = 0;
             continue;
         }
         if (!strcmp(a, "--quiet")) {

@@ -1397,3 +1397,76 @@ Test(world, checker_catches_wrong_answers)
                   0, "a neighbour off the grid was answered");
     cr_assert_neq(check_question(&g, "how many things are there?", &q, why, sizeof(why)), 0);
 }
+
+/* Parses a caption into the cell order it lists; checks every claim against
+ * the scene. Returns the number of cells listed. */
+static int caption_cells(const grid_t *g, const char *caption, int *order)
+{
+    int n = 0, seen[WORLD_MAX_CELLS] = {0};
+    const char *p = caption;
+    while (*p) {
+        int cell = -1;
+        size_t used = parse_cell(g, p, &cell);
+        cr_assert(used > 0 && p[used] == ':', "caption '%s': no cell name at '%s'", caption, p);
+        cr_assert(!seen[cell], "caption '%s' names cell %d twice", caption, cell);
+        seen[cell] = 1;
+        order[n++] = cell;
+        p += used + 2;
+        const char *end = strchr(p, '.');
+        cr_assert_not_null(end, "caption '%s': claim without a full stop", caption);
+        char claim[64];
+        snprintf(claim, sizeof(claim), "%.*s", (int)(end - p), p);
+        if (g->color[cell] < 0) {
+            cr_assert_str_eq(claim, "empty", "caption '%s': cell %d is empty", caption, cell);
+        } else {
+            char want[64];
+            snprintf(want, sizeof(want), "%s %s", T_COLORS[g->color[cell]], T_SHAPES[g->shape[cell]]);
+            cr_assert_str_eq(claim, want, "caption '%s': cell %d", caption, cell);
+        }
+        p = end[1] == ' ' ? end + 2 : end + 1;
+    }
+    return n;
+}
+
+Test(world, captions_name_every_cell_in_shuffled_or_raster_order)
+{
+    world_config_t shuf, raster;
+    world_config_default(&shuf);
+    cr_assert_eq(shuf.caption_shuffle, 1, "shuffled captions are the default");
+    raster = shuf;
+    raster.caption_shuffle = 0;
+    const size_t n = 200;
+    collect_t *a = collect(&shuf, WORLD_SPLIT_TRAIN, n, NULL);
+    collect_t *b = collect(&raster, WORLD_SPLIT_TRAIN, n, NULL);
+    size_t not_raster = 0, first_cell[9] = {0};
+    for (size_t i = 0; i < n; i++) {
+        const trec_t *x = &a->recs[i], *y = &b->recs[i];
+        grid_t g = grid_of(&x->scene, &shuf);
+        int oa[WORLD_MAX_CELLS], ob[WORLD_MAX_CELLS];
+        cr_assert_eq(caption_cells(&g, x->caption, oa), 9, "shuffled caption lists every cell");
+        cr_assert_eq(caption_cells(&g, y->caption, ob), 9, "raster caption lists every cell");
+        int differs = 0;
+        for (int k = 0; k < 9; k++) {
+            cr_assert_eq(ob[k], k, "raster caption of scene %zu out of order: '%s'", i, y->caption);
+            differs |= oa[k] != k;
+        }
+        not_raster += differs;
+        first_cell[oa[0]]++;
+        /* The shuffle draws from its own stream: nothing else changes. */
+        cr_assert_eq(x->n_policy, y->n_policy);
+        cr_assert_eq(x->n_critic, y->n_critic);
+        for (int k = 0; k < x->n_policy; k++)
+            cr_assert_str_eq(x->policy[k].reference, y->policy[k].reference, "scene %zu", i);
+        for (int k = 0; k < x->n_critic; k++)
+            cr_assert_str_eq(x->critic[k].answers[x->critic[k].preferred],
+                             y->critic[k].answers[y->critic[k].preferred], "scene %zu", i);
+    }
+    cr_assert_geq(not_raster, n - 2, "only %zu of %zu shuffled captions differ from raster order",
+                  not_raster, n);
+    for (int c = 0; c < 9; c++) /* 200 draws over 9 cells: 22 expected each */
+        cr_assert(first_cell[c] >= 5 && first_cell[c] <= 50,
+                  "cell %d opens %zu of %zu shuffled captions (expected about 22)", c,
+                  first_cell[c], n);
+    collect_free(a);
+    collect_free(b);
+}
