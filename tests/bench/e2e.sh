@@ -12,7 +12,7 @@
 # Runs land in OUT_DIR/e2e-N (metrics.jsonl, logs/); `crl-bench
 # --e2e-report OUT_DIR` prints the table. Endpoints are ipc:// in OUT_DIR,
 # so a run on the default TCP ports elsewhere on the machine is not
-# disturbed. Each run is cut after CRL_BENCH_E2E_TIMEOUT seconds (150).
+# disturbed. Each run is cut after CRL_BENCH_E2E_TIMEOUT seconds (300).
 set -uo pipefail
 bin=${1:?usage: tests/bench/e2e.sh BIN_DIR SETUP_DIR OUT_DIR [CONFIG]}
 setup=${2:?usage: tests/bench/e2e.sh BIN_DIR SETUP_DIR OUT_DIR [CONFIG]}
@@ -20,7 +20,7 @@ root=${3:?usage: tests/bench/e2e.sh BIN_DIR SETUP_DIR OUT_DIR [CONFIG]}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cfg=${4:-$here/launch/demo.json}
 steps=${CRL_BENCH_E2E_STEPS:-15}
-limit=${CRL_BENCH_E2E_TIMEOUT:-150}
+limit=${CRL_BENCH_E2E_TIMEOUT:-300}
 [ -d "$setup/runs/base/ckpt/latest" ] || { echo "e2e.sh: $setup/runs/base/ckpt/latest is missing" >&2; exit 2; }
 mkdir -p "$root" || exit 1
 status=0
