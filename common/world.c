@@ -139,7 +139,8 @@ void world_config_default(world_config_t *cfg)
     cfg->wrong_reasoning_frac = 0.15f;
     cfg->grid_lines = 1;
     cfg->caption_all_cells = 1;
-    cfg->caption_shuffle = 1;
+    cfg->caption_shuffle = 0;
+    cfg->describe_first = 0;
 }
 
 int world_config_check(const world_config_t *cfg, char *err, size_t errlen)
@@ -546,6 +547,11 @@ static int reference_text(const world_config_t *cfg, const world_scene_t *s, wor
     sb_t sb;
     sb_init(&sb, out, cap);
     sb_printf(&sb, "<think>");
+    if (cfg->describe_first)
+        for (int i = 0; i < s->rows * s->cols; i++) {
+            sb_cell_claim(&sb, s, i);
+            sb_printf(&sb, " ");
+        }
     int n, m, ca, cb, nb;
     switch (t) {
     case WQ_COUNT_COLOR:

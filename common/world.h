@@ -82,9 +82,15 @@ typedef struct {
     int caption_all_cells;    /* caption lists empty cells too; default 1 */
     int caption_shuffle;      /* caption lists the cells in a random order (drawn per scene
                                * from seed and scene, so nothing else in the split changes);
-                               * 0 = raster order. Default 1: in raster order a model learns
-                               * to read cells by counting along the caption, not by name,
-                               * and cannot look up "the object at bottom right" later. */
+                               * default 0 = raster order. A 4-layer model did not learn in
+                               * 800 steps to read a cell by its name from shuffled captions. */
+    int describe_first;       /* every reasoning opens with the whole scene in raster order
+                               * ("<think>top left: red circle. top middle: empty. ...
+                               * so red.</think>"); default 0. Measured at the demo's
+                               * size: the model describes scenes perfectly after ~300
+                               * steps but does not learn to answer from its own
+                               * description any sooner than from the image (policy
+                               * 0.34 vs 0.40 at step 800), and answers are 3x longer. */
 } world_config_t;
 
 /* A scene: contents plus the per-object rendering jitter drawn with it. */

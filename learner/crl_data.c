@@ -37,8 +37,10 @@ static void usage(FILE *f)
             "  --wrong-reasoning F    share of critic pairs whose wrong answer has the right\n"
             "                         final answer but false reasoning (default 0.15)\n"
             "  --no-grid-lines        do not draw grid lines\n"
-            "  --raster-captions      list a caption's cells in raster order (default: a random\n"
-            "                         order per scene, which teaches reading a cell by its name)\n"
+            "  --shuffle-captions     list a caption's cells in a random order per scene\n"
+            "                         (default: raster order)\n"
+            "  --describe-first       every reasoning opens with the whole scene in raster order\n"
+            "                         (default: it names only the cells it needs)\n"
             "  --quiet                no summary\n"
             "  --help                 this text\n",
             WORLD_MAX_SIDE, WORLD_MAX_COLORS, WORLD_MAX_SHAPES);
@@ -112,6 +114,7 @@ static int write_world_json(const char *dir, const world_config_t *cfg, const si
              cJSON_AddNumberToObject(o, "wrong_reasoning_frac", cfg->wrong_reasoning_frac) &&
              cJSON_AddBoolToObject(o, "grid_lines", cfg->grid_lines) &&
              cJSON_AddBoolToObject(o, "caption_shuffle", cfg->caption_shuffle) &&
+             cJSON_AddBoolToObject(o, "describe_first", cfg->describe_first) &&
              cJSON_AddNumberToObject(o, "train_scenes", (double)n[0]) &&
              cJSON_AddNumberToObject(o, "val_scenes", (double)n[1]) &&
              cJSON_AddNumberToObject(o, "test_scenes", (double)n[2]);
@@ -193,8 +196,12 @@ int main(int argc, char **argv)
             cfg.grid_lines = 0;
             continue;
         }
-        if (!strcmp(a, "--raster-captions")) {
-            cfg.caption_shuffle = 0;
+        if (!strcmp(a, "--shuffle-captions")) {
+            cfg.caption_shuffle = 1;
+            continue;
+        }
+        if (!strcmp(a, "--describe-first")) {
+            cfg.describe_first = 1;
             continue;
         }
         if (!strcmp(a, "--quiet")) {

@@ -102,6 +102,8 @@ int learner_sft_main(int argc, char **argv)
     sft_run_options_t opt;
     sft_run_options_default(&opt);
     opt.val_every = 200;
+    /* Validation answers as long as crl-eval and the actors allow. */
+    opt.val.max_new_tokens = cfg.rl.max_new_tokens;
     if (env_int("CRL_SFT_VAL_EVERY", opt.val_every, 0, 1 << 30, &opt.val_every) ||
         env_int("CRL_SFT_VAL_POLICY", opt.val.policy_items, 0, 1 << 20, &opt.val.policy_items) ||
         env_int("CRL_SFT_VAL_CRITIC", opt.val.critic_pairs, 0, 1 << 20, &opt.val.critic_pairs))

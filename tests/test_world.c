@@ -303,7 +303,8 @@ typedef struct {
     char boxed[64];
     int false_claims;   /* statements about the image that the grid contradicts */
     int inconsistent;   /* steps that do not follow from the answer's own statements */
-    int words;
+    int words;          /* after the scene description, if any */
+    int described;      /* the reasoning opens with the whole scene in raster order */
     char why[512];      /* first problem seen */
 } verdict_t;
 
@@ -345,7 +346,7 @@ static int parse_phrase(const char *p, size_t len, int *color, int *shape)
 
 /* Checks an answer's reasoning claim by claim against the grid and the
  * question, and its own internal consistency. */
-static verdict_t check_answer(const grid_t *g, const parsed_q_t *q, const char *ans)
+static verdict_t check_steps(const grid_t *g, const parsed_q_t *q, const char *ans)
 {
     verdict_t v;
     memset(&v, 0, sizeof(v));
@@ -555,6 +556,62 @@ static verdict_t check_answer(const grid_t *g, const parsed_q_t *q, const char *
     return v;
 }
 
+/* Parses a scene description "top left: red circle. top middle: empty. ..."
+ * (every cell in raster order) at the start of s into d; returns the
+ * characters consumed, 0 if s does not open with a whole description. */
+static size_t parse_description(const grid_t *g, const char *s, grid_t *d)
+{
+    *d = *g;
+    const char *p = s;
+    for (int i = 0; i < g->rows * g->cols; i++) {
+        int cell = -1;
+        size_t used = parse_cell(g, p, &cell);
+        if (!used || cell != i || strncmp(p + used, ": ", 2) != 0)
+            return 0;
+        p += used + 2;
+        const char *end = strchr(p, '.');
+        if (!end || end[1] != ' ')
+            return 0;
+        char cw[32] = "", sw[32] = "";
+        if ((size_t)(end - p) == 5 && !strncmp(p, "empty", 5)) {
+            d->color[i] = d->shape[i] = -1;
+        } else if (sscanf(p, "%31s %31[a-z]", cw, sw) == 2 && color_w(cw) >= 0 && shape_w(sw) >= 0) {
+            d->color[i] = color_w(cw);
+            d->shape[i] = shape_w(sw);
+        } else {
+            return 0;
+        }
+        p = end + 2;
+    }
+    return (size_t)(p - s);
+}
+
+/* check_steps, after a scene description when the reasoning opens with one:
+ * the description's cells that the grid contradicts are false claims, and
+ * the steps after it must follow from the description (a step that
+ * contradicts it is an inconsistency, whatever the image shows). */
+static verdict_t check_answer(const grid_t *g, const parsed_q_t *q, const char *ans)
+{
+    const char *t0 = "<think>";
+    grid_t d;
+    size_t used = strncmp(ans, t0, strlen(t0)) == 0 ? parse_description(g, ans + strlen(t0), &d) : 0;
+    if (!used)
+        return check_steps(g, q, ans);
+    char rest[WORLD_TEXT_MAX];
+    snprintf(rest, sizeof(rest), "%s%s", t0, ans + strlen(t0) + used);
+    verdict_t v = check_steps(&d, q, rest);
+    v.described = 1;
+    v.inconsistent += v.false_claims; /* against its own description */
+    v.false_claims = 0;
+    for (int i = 0; i < g->rows * g->cols; i++)
+        if (d.color[i] != g->color[i] || d.shape[i] != g->shape[i]) {
+            v.false_claims++;
+            if (!v.why[0])
+                snprintf(v.why, sizeof(v.why), "description of cell %d is false: %.200s", i, ans);
+        }
+    return v;
+}
+
 /* ------------------------------------------------------ collecting records */
 
 #define MAX_SCENES 4000
@@ -682,6 +739,9 @@ Test(world, reference_answers_are_correct_for_every_type)
                              it->question, it->answer, q.truth);
             verdict_t v = check_answer(&g, &q, it->reference);
             cr_assert(v.ok_format, "scene %zu: %s", i, v.why);
+            cr_assert_eq(v.described, cfg.describe_first,
+                         "scene %zu: reference '%s' %s a scene description", i, it->reference,
+                         v.described ? "opens with" : "lacks");
             cr_assert_str_eq(v.boxed, q.truth, "scene %zu '%s': boxed '%s' truth '%s'", i,
                              it->question, v.boxed, q.truth);
             cr_assert_eq(v.false_claims + v.inconsistent, 0,
@@ -717,6 +777,9 @@ static void check_critic_pairs(const world_config_t *cfg, size_t n_scenes, int p
             verdict_t good = check_answer(&g, &q, it->answers[it->preferred]);
             verdict_t bad = check_answer(&g, &q, it->answers[!it->preferred]);
             cr_assert(good.ok_format && bad.ok_format, "scene %zu: %s%s", i, good.why, bad.why);
+            cr_assert(good.described == cfg->describe_first && bad.described == cfg->describe_first,
+                      "scene %zu: description expected %d, preferred %d, rejected %d", i,
+                      cfg->describe_first, good.described, bad.described);
             cr_assert_str_eq(good.boxed, q.truth, "scene %zu '%s': preferred says '%s', truth '%s'",
                              i, it->question, good.boxed, q.truth);
             cr_assert_eq(good.false_claims + good.inconsistent, 0,
@@ -810,6 +873,10 @@ Test(world, critic_pairs_correct_on_other_grids)
     world_config_default(&cfg);
     cfg.rows = cfg.cols = 2;
     cfg.image_size = 32;
+    check_critic_pairs(&cfg, 300, 0);
+    /* reasoning that opens with the scene description */
+    world_config_default(&cfg);
+    cfg.describe_first = 1;
     check_critic_pairs(&cfg, 300, 0);
 }
 
@@ -1431,10 +1498,10 @@ static int caption_cells(const grid_t *g, const char *caption, int *order)
 Test(world, captions_name_every_cell_in_shuffled_or_raster_order)
 {
     world_config_t shuf, raster;
-    world_config_default(&shuf);
-    cr_assert_eq(shuf.caption_shuffle, 1, "shuffled captions are the default");
-    raster = shuf;
-    raster.caption_shuffle = 0;
+    world_config_default(&raster);
+    cr_assert_eq(raster.caption_shuffle, 0, "raster captions are the default");
+    shuf = raster;
+    shuf.caption_shuffle = 1;
     const size_t n = 200;
     collect_t *a = collect(&shuf, WORLD_SPLIT_TRAIN, n, NULL);
     collect_t *b = collect(&raster, WORLD_SPLIT_TRAIN, n, NULL);
