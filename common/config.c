@@ -219,7 +219,7 @@ static const config_key_t schema[] = {
     {.key = "rl.temperature", .type = CONFIG_T_FLOAT, FIELD(rl.temperature), POS(10), .def = "1.0",
      .help = "sampling temperature (logits are divided by it on both actor and learner)"},
     {.key = "rl.top_p", .type = CONFIG_T_FLOAT, FIELD(rl.top_p), POS(1), .def = "0.99", .help = "nucleus sampling mass"},
-    I("rl.max_new_tokens", rl.max_new_tokens, 1, 1 << 20, "64", "longest sampled response in tokens"),
+    I("rl.max_new_tokens", rl.max_new_tokens, 1, 1 << 20, "96", "longest sampled response in tokens (built-in world critic answers: up to ~70)"),
     I("rl.max_staleness", rl.max_staleness, 0, 1000, "2", "largest learner version minus behaviour version of a group still used"),
     {.key = "rl.is_cap", .type = CONFIG_T_FLOAT, FIELD(rl.is_cap), IN(1, 1e6), .def = "2.0",
      .help = "truncation of the decoupled-PPO importance weight pi_prox / pi_behav"},

@@ -222,11 +222,30 @@ char *prompt_critic_target(const prompt_options_t *opt, const char *const answer
             goto done;
         size_t wl = strlen(why);
         const char *stop = wl == 0 || strchr(".!?", why[wl - 1]) ? "" : ".";
-        n = asprintf(&out,
-                     "<think>%s%s%s the answer is %s. Answer %s says %s; answer %s says %s."
-                     "</think>\\boxed{%s}",
-                     why, stop, wl ? " So" : "So", truth, opt->labels[0], fin[0], opt->labels[1],
-                     fin[1], L);
+        const char *so = wl ? " So" : "So";
+        /* Check the candidates in the order shown and stop at the one that
+         * agrees, so the verdict is the label just written: each step is a
+         * comparison of two nearby words, which a small model learns in a
+         * few hundred steps, where picking the label whose answer equals X
+         * out of "Answer A says Y; answer B says Z" was still a coin flip
+         * after 1,600 (measured: 0.7 nats on the verdict token). When
+         * both candidates give the same final answer, the final answers
+         * cannot decide, and the target says so. */
+        if (strcmp(fin[0], fin[1]) == 0)
+            n = asprintf(&out,
+                         "<think>%s%s%s the answer is %s. Answer %s says %s; answer %s says the "
+                         "same.</think>\\boxed{%s}",
+                         why, stop, so, truth, opt->labels[0], fin[0], opt->labels[1], L);
+        else if (pref_label == 0)
+            n = asprintf(&out,
+                         "<think>%s%s%s the answer is %s. Answer %s says %s: correct.</think>"
+                         "\\boxed{%s}",
+                         why, stop, so, truth, opt->labels[0], fin[0], L);
+        else
+            n = asprintf(&out,
+                         "<think>%s%s%s the answer is %s. Answer %s says %s: wrong. Answer %s says "
+                         "%s: correct.</think>\\boxed{%s}",
+                         why, stop, so, truth, opt->labels[0], fin[0], opt->labels[1], fin[1], L);
     } else {
         n = asprintf(&out,
                      "<think>Answer %s says %s; answer %s says %s. The answer is %s, so answer %s "

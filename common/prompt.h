@@ -76,7 +76,11 @@ int prompt_critic(const prompt_options_t *opt, const char *question, const char 
 
 /* Warm-up target for a critic prompt built with the same opt and `swapped`:
  * FINAL_ONLY: "<think>" + the preferred answer's own reasoning + " So the
- * answer is X. Answer A says Y; answer B says Z.</think>\boxed{L}";
+ * answer is X." then the candidates checked in the order shown, stopping at
+ * the one that agrees: " Answer A says X: correct.</think>\boxed{A}" or
+ * " Answer A says Y: wrong. Answer B says X: correct.</think>\boxed{B}"
+ * (" Answer A says X; answer B says the same." when both final answers are
+ * equal and only the reasoning differs);
  * FULL: "<think>Answer A says Y; answer B says Z. The answer is X, so
  * answer L is better.</think>\boxed{L}". X, Y, Z are the candidates' boxed
  * answers (or their text after </think> when they have no box). Returns a

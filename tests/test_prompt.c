@@ -166,7 +166,21 @@ Test(prompt, critic_target_texts)
     prompt_options_t o = popts(PROMPT_CRITIC_FINAL_ONLY, "A", "B");
     char *t = prompt_critic_target(&o, ANS, 0, 1);
     cr_assert_str_eq(t, "<think>I see a red circle at the top and another at the bottom left. So "
-                        "the answer is 2. Answer A says 1; answer B says 2.</think>\\boxed{B}");
+                        "the answer is 2. Answer A says 1: wrong. Answer B says 2: correct."
+                        "</think>\\boxed{B}");
+    free(t);
+    /* the preferred answer shown first: the check stops there */
+    t = prompt_critic_target(&o, ANS, 0, 0);
+    cr_assert_str_eq(t, "<think>I see a red circle at the top and another at the bottom left. So "
+                        "the answer is 2. Answer A says 2: correct.</think>\\boxed{A}");
+    free(t);
+    /* same final answer, different reasoning: the target says the answers
+     * cannot decide and still names the preferred one */
+    const char *same[2] = {"<think>two red circles.</think>\\boxed{2}",
+                           "<think>a red and a blue circle.</think>\\boxed{2}"};
+    t = prompt_critic_target(&o, same, 1, 0);
+    cr_assert_str_eq(t, "<think>a red and a blue circle. So the answer is 2. Answer A says 2; "
+                        "answer B says the same.</think>\\boxed{B}");
     free(t);
     o.variant = PROMPT_CRITIC_FULL;
     t = prompt_critic_target(&o, ANS, 0, 0);
