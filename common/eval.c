@@ -735,6 +735,126 @@ done:
     return rc;
 }
 
+/* ---- captions -------------------------------------------------------------- */
+
+#define CAPTION_MAX_SENTENCES 256
+
+/* Splits text at '.' into trimmed, non-empty sentences (pointers into buf,
+ * a writable copy). Returns the count (at most max). */
+static int split_sentences(char *buf, char **out, int max)
+{
+    int n = 0;
+    char *p = buf;
+    while (*p && n < max) {
+        char *end = strchr(p, '.');
+        if (end)
+            *end = '\0';
+        while (*p == ' ' || *p == '\n' || *p == '\t')
+            p++;
+        size_t l = strlen(p);
+        while (l > 0 && (p[l - 1] == ' ' || p[l - 1] == '\n' || p[l - 1] == '\t'))
+            p[--l] = '\0';
+        if (l > 0)
+            out[n++] = p;
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    return n;
+}
+
+int eval_caption_match(const char *ref, const char *gen, int *matched, int *total)
+{
+    *matched = *total = 0;
+    char *rb = strdup(ref ? ref : ""), *gb = strdup(gen ? gen : "");
+    char *rs[CAPTION_MAX_SENTENCES], *gs[CAPTION_MAX_SENTENCES];
+    uint8_t used[CAPTION_MAX_SENTENCES] = {0};
+    int exact = 0;
+    if (!rb || !gb)
+        goto out;
+    int nr = split_sentences(rb, rs, CAPTION_MAX_SENTENCES);
+    int ng = split_sentences(gb, gs, CAPTION_MAX_SENTENCES);
+    *total = nr;
+    exact = nr == ng;
+    for (int i = 0; i < nr; i++) {
+        if (exact && strcmp(rs[i], gs[i]) != 0)
+            exact = 0;
+        for (int j = 0; j < ng; j++)
+            if (!used[j] && strcmp(rs[i], gs[j]) == 0) {
+                used[j] = 1;
+                (*matched)++;
+                break;
+            }
+    }
+out:
+    free(rb);
+    free(gb);
+    return exact;
+}
+
+typedef struct {
+    int matched, total, exact, len;
+} caption_extra_t;
+
+static int caption_item(const eval_ctx_t *ctx, worker_t *w, job_t *job, size_t k)
+{
+    caption_extra_t *ex = (caption_extra_t *)job->extra + k;
+    const size_t r = job->rec[k];
+    const dataset_record_t *rec = dataset_get(job->ds, r);
+    char *text = prompt_caption();
+    int rc = text ? 0 : -ENOMEM;
+    int plen = text ? load_prompt(ctx, w, job->ds, rec, text) : 0;
+    free(text);
+    if (rc == 0 && plen < 0)
+        rc = plen;
+    if (rc == 0)
+        rc = generate(ctx, w, plen, 1, 0.0f, NULL);
+    long len = rc == 0 ? decode(ctx, w, 0, w->text) : 0;
+    if (rc == 0 && len < 0)
+        rc = (int)len;
+    if (rc != 0) {
+        log_item_error("eval_caption", job->ds, r, rc);
+        return rc;
+    }
+    ex->exact = eval_caption_match(rec->caption, w->text, &ex->matched, &ex->total);
+    ex->len = w->out_len[0];
+    return 0;
+}
+
+int eval_caption(eval_ctx_t *ctx, const dataset_t *ds, size_t max_items,
+                 eval_caption_result_t *res)
+{
+    if (!ctx || !ds || !res || check_dataset(ctx, ds, "eval_caption"))
+        return -EINVAL;
+    memset(res, 0, sizeof(*res));
+    size_t n = 0;
+    size_t *idx = list_items(ds, DATASET_CAPTION, max_items, &n);
+    caption_extra_t *ex = calloc(n ? n : 1, sizeof(*ex));
+    int rc = -ENOMEM;
+    if (!idx || !ex)
+        goto done;
+    job_t job = {.ds = ds, .rec = idx, .n = n, .fn = caption_item, .extra = ex};
+    if ((rc = run_job(ctx, &job)) != 0)
+        goto done;
+    double matched = 0, total = 0, exact = 0, len = 0;
+    for (size_t k = 0; k < n; k++) {
+        matched += ex[k].matched;
+        total += ex[k].total;
+        exact += ex[k].exact;
+        len += ex[k].len;
+    }
+    res->n_items = n;
+    if (n) {
+        res->claim_recall = total > 0 ? matched / total : 0;
+        res->exact = exact / (double)n;
+        res->mean_len = len / (double)n;
+    }
+done:
+    free(idx);
+    free(ex);
+    return rc;
+}
+
 /* ---- tournament -------------------------------------------------------- */
 
 static int match(int a, int b, eval_tourney_rule_t rule, eval_judge_fn judge, void *jctx,

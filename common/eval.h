@@ -123,6 +123,28 @@ int eval_policy(eval_ctx_t *ctx, const dataset_t *ds, size_t max_items, int n_sa
                 float temperature, rng_t *rng, eval_policy_result_t *res,
                 eval_policy_items_t *items);
 
+/* ---- captions (perception) ---- */
+
+typedef struct {
+    size_t n_items;      /* caption records evaluated */
+    double claim_recall; /* reference sentences reproduced verbatim, over all items */
+    double exact;        /* captions whose sentence list equals the reference */
+    double mean_len;     /* mean response tokens */
+} eval_caption_result_t;
+
+/* Sentences of `ref` (split at '.', trimmed, empty ones ignored) that
+ * appear as whole sentences of `gen`, each sentence of gen used at most
+ * once. *matched and *total receive the counts; returns 1 when gen has
+ * exactly ref's sentences in ref's order, else 0. */
+int eval_caption_match(const char *ref, const char *gen, int *matched, int *total);
+
+/* Greedy captions of the CAPTION records of ds (at most max_items, 0 =
+ * all) under the caption prompt, scored by eval_caption_match against the
+ * record's caption: how much of a scene the model reads right, apart from
+ * what it does with it. 0 or negative errno. */
+int eval_caption(eval_ctx_t *ctx, const dataset_t *ds, size_t max_items,
+                 eval_caption_result_t *res);
+
 /* ---- critic ---- */
 
 typedef struct {

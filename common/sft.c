@@ -1167,12 +1167,13 @@ void sft_val_options_default(sft_val_options_t *o)
 {
     o->policy_items = 200;
     o->critic_pairs = 100;
+    o->caption_items = 50;
     o->max_new_tokens = 96;
     o->n_threads = 0;
 }
 
 int sft_validate(const model_t *m, const tokenizer_t *tok, const dataset_t *policy,
-                 const dataset_t *critic, const prompt_options_t *popt,
+                 const dataset_t *critic, const dataset_t *captions, const prompt_options_t *popt,
                  const reward_config_t *rcfg, const sft_val_options_t *opt, sft_val_result_t *out)
 {
     if (!m || !tok || !popt || !rcfg || !opt || !out || opt->max_new_tokens <= 0 ||
@@ -1223,6 +1224,14 @@ int sft_validate(const model_t *m, const tokenizer_t *tok, const dataset_t *poli
         out->critic_says_a = cr.says_first;
         out->critic_format = cr.format_rate;
         out->critic_no_verdict = cr.invalid_rate;
+    }
+    if (captions && opt->caption_items > 0 && dataset_count(captions, DATASET_CAPTION) > 0) {
+        eval_caption_result_t cap;
+        rc = eval_caption(ctx, captions, (size_t)opt->caption_items, &cap);
+        if (rc != 0)
+            goto out;
+        out->caption_n = (int)cap.n_items;
+        out->caption_recall = cap.claim_recall;
     }
 out:
     k_set_threads(blas);
@@ -1457,6 +1466,23 @@ static void log_val(const char *what, long step, const sft_val_result_t *v)
              v->critic_says_a, v->critic_no_verdict, v->critic_format, v->critic_n, v->seconds);
     if (v->policy_by_type[0])
         log_info("sft:   policy accuracy by type: %s", v->policy_by_type);
+    if (v->caption_n > 0)
+        log_info("sft:   captions: %.3f of the scene sentences right (n=%d): what the model "
+                 "sees, apart from what it does with it",
+                 v->caption_recall, v->caption_n);
+}
+
+static void add_val_metrics(metrics_t *mx, const sft_val_result_t *v)
+{
+    metrics_add_float(mx, "val_policy_acc", v->policy_acc);
+    metrics_add_float(mx, "val_policy_sample_acc", v->policy_sample_acc);
+    metrics_add_float(mx, "val_critic_acc", v->critic_acc);
+    metrics_add_float(mx, "val_critic_both", v->critic_both);
+    metrics_add_float(mx, "val_says_a", v->critic_says_a);
+    metrics_add_float(mx, "val_policy_format", v->policy_format);
+    metrics_add_float(mx, "val_critic_format", v->critic_format);
+    if (v->caption_n > 0)
+        metrics_add_float(mx, "val_caption_recall", v->caption_recall);
 }
 
 #define LOSS_WINDOW 10
@@ -1580,8 +1606,10 @@ int sft_run(const crl_config_t *cfg, const sft_run_options_t *opt_in, sft_summar
     labels_from_config(cfg, NULL, &rcfg, NULL, 0);
     const dataset_t *val_policy = val[DATASET_POLICY] ? val[DATASET_POLICY] : val[3];
     const dataset_t *val_critic = val[DATASET_CRITIC] ? val[DATASET_CRITIC] : val[3];
-    int can_val = (val_policy || val_critic) &&
-                  (opt.val.policy_items > 0 || opt.val.critic_pairs > 0);
+    const dataset_t *val_captions = val[DATASET_CAPTION] ? val[DATASET_CAPTION] : val[3];
+    int can_val = (val_policy || val_critic || val_captions) &&
+                  (opt.val.policy_items > 0 || opt.val.critic_pairs > 0 ||
+                   opt.val.caption_items > 0);
 
     /* 4. reporting */
     if ((rc = ckpt_mkdirs(run_dir, why, sizeof(why))) != 0) {
@@ -1674,22 +1702,15 @@ int sft_run(const crl_config_t *cfg, const sft_run_options_t *opt_in, sft_summar
                      st.step < total;
         if (do_val) {
             sft_val_result_t v;
-            if ((rc = sft_validate(s->m, tok, val_policy, val_critic, &popt, &rcfg, &opt.val,
-                                   &v)) != 0) {
+            if ((rc = sft_validate(s->m, tok, val_policy, val_critic, val_captions, &popt, &rcfg,
+                                   &opt.val, &v)) != 0) {
                 errf(err, errlen, "validation at step %ld failed: %s", st.step, strerror(-rc));
                 goto out;
             }
             s->last_val = v;
             s->have_val = 1;
             s->val_step = st.step;
-            metrics_add_float(mx, "val_policy_acc", v.policy_acc);
-        metrics_add_float(mx, "val_policy_sample_acc", v.policy_sample_acc);
-            metrics_add_float(mx, "val_policy_sample_acc", v.policy_sample_acc);
-            metrics_add_float(mx, "val_critic_acc", v.critic_acc);
-            metrics_add_float(mx, "val_critic_both", v.critic_both);
-            metrics_add_float(mx, "val_says_a", v.critic_says_a);
-            metrics_add_float(mx, "val_policy_format", v.policy_format);
-            metrics_add_float(mx, "val_critic_format", v.critic_format);
+            add_val_metrics(mx, &v);
             if (!opt.quiet)
                 progress_end(&prog);
             log_val("validation", st.step, &v);
@@ -1725,7 +1746,8 @@ int sft_run(const crl_config_t *cfg, const sft_run_options_t *opt_in, sft_summar
     int finished = s->steps >= total;
     if (finished && can_val && !(s->have_val && s->val_step == s->steps)) {
         sft_val_result_t v;
-        if ((rc = sft_validate(s->m, tok, val_policy, val_critic, &popt, &rcfg, &opt.val, &v)) != 0) {
+        if ((rc = sft_validate(s->m, tok, val_policy, val_critic, val_captions, &popt, &rcfg,
+                               &opt.val, &v)) != 0) {
             errf(err, errlen, "final validation failed: %s", strerror(-rc));
             goto out;
         }
@@ -1734,13 +1756,7 @@ int sft_run(const crl_config_t *cfg, const sft_run_options_t *opt_in, sft_summar
         s->val_step = s->steps;
         metrics_begin_line(mx, s->steps);
         metrics_add_string(mx, "stage", "sft_final");
-        metrics_add_float(mx, "val_policy_acc", v.policy_acc);
-        metrics_add_float(mx, "val_policy_sample_acc", v.policy_sample_acc);
-        metrics_add_float(mx, "val_critic_acc", v.critic_acc);
-        metrics_add_float(mx, "val_critic_both", v.critic_both);
-        metrics_add_float(mx, "val_says_a", v.critic_says_a);
-        metrics_add_float(mx, "val_policy_format", v.policy_format);
-        metrics_add_float(mx, "val_critic_format", v.critic_format);
+        add_val_metrics(mx, &v);
         metrics_end_line(mx);
         log_val("final validation", s->steps, &v);
     }

@@ -145,6 +145,7 @@ int sft_load(sft_t *s, const char *dir, char *err, size_t errlen);
 typedef struct {
     int policy_items;   /* the first this many policy records, answered greedily (0 = skip) */
     int critic_pairs;   /* the first this many critic records, each judged in both orders */
+    int caption_items;  /* the first this many caption records, captioned greedily (0 = skip) */
     int max_new_tokens; /* per answer */
     int n_threads;      /* eval workers, items in parallel (0 = the training threads) */
 } sft_val_options_t;
@@ -161,16 +162,19 @@ typedef struct {
     double critic_says_a;  /* share of judgements with a verdict that name the first answer */
     double critic_format;
     double critic_no_verdict; /* share of judgements naming no label */
+    int caption_n;
+    double caption_recall; /* caption sentences reproduced: what the model sees, apart
+                              from what it does with it (eval_caption) */
     double seconds;
 } sft_val_result_t;
 
-/* 200 policy items, 100 pairs, 96 new tokens, threads as training. */
+/* 200 policy items, 100 pairs, 50 captions, 96 new tokens, threads as training. */
 void sft_val_options_default(sft_val_options_t *o);
 /* Quick validation through eval.h (eval_policy, eval_critic) of m on the
  * first records of `policy` and `critic` (either may be NULL), with the
  * critic variant of popt and the labels of rcfg. 0 or negative errno. */
 int sft_validate(const model_t *m, const tokenizer_t *tok, const dataset_t *policy,
-                 const dataset_t *critic, const prompt_options_t *popt,
+                 const dataset_t *critic, const dataset_t *captions, const prompt_options_t *popt,
                  const reward_config_t *rcfg, const sft_val_options_t *opt, sft_val_result_t *out);
 
 /* ---- the command ------------------------------------------------------ */

@@ -49,7 +49,8 @@ static void usage(FILE *f)
             "  --help-config     every config key with its default\n"
             "\n"
             "Environment: CRL_SFT_VAL_EVERY (steps between validations, 0 = end only),\n"
-            "CRL_SFT_VAL_POLICY / CRL_SFT_VAL_CRITIC (validation items / pairs).\n",
+            "CRL_SFT_VAL_POLICY / CRL_SFT_VAL_CRITIC / CRL_SFT_VAL_CAPTIONS (validation items /\n"
+            "pairs / captions).\n",
             200);
 }
 
@@ -106,7 +107,8 @@ int learner_sft_main(int argc, char **argv)
     opt.val.max_new_tokens = cfg.rl.max_new_tokens;
     if (env_int("CRL_SFT_VAL_EVERY", opt.val_every, 0, 1 << 30, &opt.val_every) ||
         env_int("CRL_SFT_VAL_POLICY", opt.val.policy_items, 0, 1 << 20, &opt.val.policy_items) ||
-        env_int("CRL_SFT_VAL_CRITIC", opt.val.critic_pairs, 0, 1 << 20, &opt.val.critic_pairs))
+        env_int("CRL_SFT_VAL_CRITIC", opt.val.critic_pairs, 0, 1 << 20, &opt.val.critic_pairs) ||
+        env_int("CRL_SFT_VAL_CAPTIONS", opt.val.caption_items, 0, 1 << 20, &opt.val.caption_items))
         return 2;
     opt.stop = &g_stop;
 

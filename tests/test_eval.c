@@ -675,3 +675,29 @@ Test(eval, thread_count_does_not_change_results)
     model_destroy(&m);
     fixture_fini(&fx);
 }
+
+/* Caption scoring counts whole sentences: "middle: empty" is not found
+ * inside "top middle: empty", each generated sentence counts once, and
+ * only the full list in order is exact. */
+Test(eval, caption_match_counts_whole_sentences)
+{
+    const char *ref = "top middle: empty. middle: red circle. bottom left: empty.";
+    int m = -1, t = -1;
+    cr_assert_eq(eval_caption_match(ref, ref, &m, &t), 1);
+    cr_assert(m == 3 && t == 3, "identical: %d/%d", m, t);
+    cr_assert_eq(eval_caption_match(ref, " top middle: empty.middle: red circle. bottom left: empty ",
+                                    &m, &t),
+                 1, "spacing and the last full stop do not matter");
+    cr_assert_eq(eval_caption_match(ref, "middle: red circle. top middle: empty. bottom left: empty.",
+                                    &m, &t),
+                 0, "reordered is not exact");
+    cr_assert(m == 3 && t == 3, "reordered still recalls all: %d/%d", m, t);
+    cr_assert_eq(eval_caption_match("middle: empty.", "top middle: empty.", &m, &t), 0);
+    cr_assert(m == 0 && t == 1, "a sentence inside another is no match: %d/%d", m, t);
+    cr_assert_eq(eval_caption_match("a: x. a: x.", "a: x.", &m, &t), 0);
+    cr_assert(m == 1 && t == 2, "one generated sentence matches once: %d/%d", m, t);
+    cr_assert_eq(eval_caption_match(ref, "", &m, &t), 0);
+    cr_assert(m == 0 && t == 3, "empty caption: %d/%d", m, t);
+    cr_assert_eq(eval_caption_match(ref, "middle: blue circle. top middle: empty. garbage", &m, &t), 0);
+    cr_assert(m == 1 && t == 3, "one right of three: %d/%d", m, t);
+}

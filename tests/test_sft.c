@@ -77,6 +77,7 @@ static void quiet_options(sft_run_options_t *o)
     o->val_every = 0;
     o->val.policy_items = 0;
     o->val.critic_pairs = 0;
+    o->val.caption_items = 0;
 }
 
 /* Writes the tiny world of c and loads the train split's three files
@@ -412,6 +413,7 @@ Test(sft, run_end_to_end_then_resume_matches_an_uninterrupted_run)
     quiet_options(&o);
     o.val.policy_items = 4; /* a tiny final validation, to run that path */
     o.val.critic_pairs = 2;
+    o.val.caption_items = 3;
     o.val.max_new_tokens = 24;
 
     c.sft.threads = 2; /* two data-parallel workers: still bit-exact across a resume */
@@ -421,8 +423,11 @@ Test(sft, run_end_to_end_then_resume_matches_an_uninterrupted_run)
     cr_assert_eq(sft_run(&c, &o, &sa, err, sizeof err), 0, "sft_run: %s", err);
     cr_assert_eq(sa.steps_done, 20);
     cr_assert_eq(sa.resumed, 0);
-    cr_assert(sa.validated && sa.val.policy_n == 4 && sa.val.critic_n == 2,
-              "final validation: %d policy items, %d pairs", sa.val.policy_n, sa.val.critic_n);
+    cr_assert(sa.validated && sa.val.policy_n == 4 && sa.val.critic_n == 2 && sa.val.caption_n == 3,
+              "final validation: %d policy items, %d pairs, %d captions", sa.val.policy_n,
+              sa.val.critic_n, sa.val.caption_n);
+    cr_assert(sa.val.caption_recall >= 0 && sa.val.caption_recall <= 1, "caption recall %g",
+              sa.val.caption_recall);
     cr_assert(sa.final_loss < sa.first_loss - 0.5, "loss %.3f -> %.3f", sa.first_loss, sa.final_loss);
     char path[1400];
     snprintf(path, sizeof path, "%s/tokenizer.json", c.data.dir);

@@ -31,7 +31,7 @@ echo "== learner ingest and end-to-end RL (demo model; this machine is shared: f
 setup=$out/setup
 mkdir -p "$setup"
 echo "== setup: built-in world, tokenizer, untrained base model in $setup ==" >&2
-if ! CRL_SFT_VAL_POLICY=0 CRL_SFT_VAL_CRITIC=0 "$bindir/crl-learner" sft --config "$here/launch/demo.json" \
+if ! CRL_SFT_VAL_POLICY=0 CRL_SFT_VAL_CRITIC=0 CRL_SFT_VAL_CAPTIONS=0 "$bindir/crl-learner" sft --config "$here/launch/demo.json" \
     --set run.dir="$setup/runs" --set run.name=base --set data.dir="$setup/data" \
     --set sft.steps=0 >"$setup/sft.log" 2>&1; then
   echo "setup failed; last lines of $setup/sft.log:" >&2
