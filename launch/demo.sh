@@ -29,11 +29,11 @@ rl_steps=$(get rl.steps)
 items=$(get eval.max_items)
 cat <<MSG
 crl demo — critic RL on the built-in world (LLaVA-Critic-R1 at toy scale)
-  this takes about 20 minutes on a quiet 2-core machine (longer when other
+  this takes about 14 minutes on a quiet 2-core machine (longer when other
   jobs share it; less when the data and base model already exist): data and
-  tokenizer ~1 min, base-model warm-up ($sft_steps steps) ~10 min, critic RL
-  ($rl_steps steps, 2 actors) ~3-4 min, evaluation of both models on $items
-  test items ~3-4 min.
+  tokenizer ~10 s, base-model warm-up ($sft_steps steps) ~8 min, critic RL
+  ($rl_steps steps, 2 actors) ~2 min, evaluation of both models on $items
+  test items ~3 min.
   Everything lands in $runs/ ; logs of the RL processes in $rl_dir/logs/.
 MSG
 
