@@ -21,7 +21,7 @@
  *   groups accepted into the log = used + dropped-after-acceptance (final
  *   learner) + lost with killed learners,
  * besides the final learner's own balance (used + dropped == received). */
-#include "chaos/harness.h"
+#include "harness.h"
 
 #include <inttypes.h>
 

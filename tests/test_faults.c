@@ -4,8 +4,8 @@
  * error naming the path, and a full disk (a 512 KiB tmpfs, when this
  * process may mount one) gives a clear ENOSPC error and a finished
  * process, never a corrupt checkpoint. Multi-process cases use the
- * harness of tests/chaos/harness.h (tiny model, ipc:// endpoints). */
-#include "chaos/harness.h"
+ * harness of tests/harness.h (tiny model, ipc:// endpoints). */
+#include "harness.h"
 
 #include <inttypes.h>
 #include <sched.h>

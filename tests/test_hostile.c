@@ -7,7 +7,7 @@
  * tiny model, ipc:// endpoints) goes on. Each case must be refused with a
  * counter and a log line, and the run must finish unharmed with its
  * accounting balanced. */
-#include "chaos/harness.h"
+#include "harness.h"
 
 #include <inttypes.h>
 #include <math.h>

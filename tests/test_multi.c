@@ -1,6 +1,6 @@
 /* "Many machines" tests (DESIGN.md §9, issue 6): crl-broker, crl-learner rl
  * and crl-actor as separate processes, with the tiny model and built-in
- * world of test_integration.c made in the test's temporary folder.
+ * world of tests/harness.h made in the test's temporary folder.
  *
  *   netns    actors in their own network namespaces ("hosts"), joined by
  *            veth pairs to the learner host's namespace, over CurveZMQ
@@ -22,125 +22,35 @@
  * suite's --timeout applies) because Criterion 2.4.1's runner leaks an
  * allocation, which LeakSanitizer turns into a failed run, when tests with
  * different .timeout values run in parallel. */
-#include <criterion/criterion.h>
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
+#include "harness.h"
 
-#include <cjson/cJSON.h>
-
-#include "checkpoint.h"
-#include "model.h"
-#include "rng.h"
 #include "security.h"
-#include "tokenizer.h"
 
 /* ------------------------------------------------------------ harness */
 
-#define MAX_PROCS 24
 #define MAX_NS 4
 
-typedef struct {
-    char dir[512];
-    char bin[512];
-    char ip[64];                 /* path of iproute2's ip, "" if none */
-    pid_t pids[MAX_PROCS];
-    char names[MAX_PROCS][32];
-    int n;
-    char ns[MAX_NS][40];         /* network namespaces made by this test */
+/* The netns test's namespaces (its processes are in H, tests/harness.h). */
+static struct {
+    char ip[64];         /* path of iproute2's ip, "" if none */
+    char ns[MAX_NS][40]; /* network namespaces made by this test */
     int n_ns;
-    int reaper_fd;               /* write end of the reaper's pipe (-1: none) */
+    int reaper_fd;       /* write end of the reaper's pipe (-1: none) */
     pid_t reaper;
-} mtest_t;
-
-static mtest_t T = {.reaper_fd = -1};
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* A TCP port on 127.0.0.1 that the OS reports free right now. */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0, "bind: %s", strerror(errno));
-    socklen_t len = sizeof(a);
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)(n > 0 ? n : 0) + 1);
-    size_t got = n > 0 ? fread(b, 1, (size_t)n, f) : 0;
-    b[got] = '\0';
-    fclose(f);
-    return b;
-}
-
-static char *read_log(const char *name)
-{
-    char p[700];
-    snprintf(p, sizeof(p), "%s/%s.log", T.dir, name);
-    char *s = read_file(p);
-    return s ? s : calloc(1, 1);
-}
+} N = {.reaper_fd = -1};
 
 /* Runs argv (argv[0] a path) with stdout+stderr appended to DIR/log.log;
- * returns its exit status (or 128 + signal). */
+ * returns its exit status (or 128 + signal). Waited for here, not recorded
+ * in H. */
 static int run_argv(const char *const *argv, const char *log)
 {
     char logp[700];
-    snprintf(logp, sizeof(logp), "%s/%s.log", T.dir[0] ? T.dir : "/tmp", log);
+    snprintf(logp, sizeof(logp), "%s/%s.log", H.dir[0] ? H.dir : "/tmp", log);
     pid_t pid = fork();
     if (pid < 0)
         return -1;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(argv[0], (char *const *)argv);
-        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
+    if (pid == 0)
+        h_exec_logged(argv, logp);
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
@@ -159,7 +69,7 @@ static int ip_cmd(const char *fmt, ...)
     va_end(ap);
     const char *argv[40];
     int n = 0;
-    argv[n++] = T.ip;
+    argv[n++] = N.ip;
     for (char *save = NULL, *tok = strtok_r(line, " ", &save); tok && n < 39;
          tok = strtok_r(NULL, " ", &save))
         argv[n++] = tok;
@@ -170,161 +80,48 @@ static int ip_cmd(const char *fmt, ...)
 static void ip_ok(const char *what, int rc)
 {
     if (rc != 0) {
-        char *l = read_log("ip");
+        char *l = h_read_log("ip");
         cr_assert_fail("ip %s failed (exit %d); ip.log:\n%s", what, rc, l);
-    }
-}
-
-static void kill_all(void)
-{
-    for (int i = 0; i < T.n; i++) {
-        if (T.pids[i] <= 0)
-            continue;
-        kill(T.pids[i], SIGKILL);
-        waitpid(T.pids[i], NULL, 0);
-        T.pids[i] = 0;
     }
 }
 
 /* Deletes the namespaces this test made (their veth pairs go with them). */
 static void delete_namespaces(void)
 {
-    for (int i = 0; i < T.n_ns; i++) {
-        const char *argv[] = {T.ip, "netns", "del", T.ns[i], NULL};
+    for (int i = 0; i < N.n_ns; i++) {
+        const char *argv[] = {N.ip, "netns", "del", N.ns[i], NULL};
         run_argv(argv, "ip");
     }
-    T.n_ns = 0;
-    if (T.reaper_fd >= 0) {
-        close(T.reaper_fd); /* the reaper finds nothing left to delete */
-        T.reaper_fd = -1;
-        waitpid(T.reaper, NULL, 0);
-        T.reaper = 0;
+    N.n_ns = 0;
+    if (N.reaper_fd >= 0) {
+        close(N.reaper_fd); /* the reaper finds nothing left to delete */
+        N.reaper_fd = -1;
+        waitpid(N.reaper, NULL, 0);
+        N.reaper = 0;
     }
 }
 
 static void fini(void)
 {
-    kill_all();
+    h_kill_all();
     delete_namespaces();
 }
 
-/* Starts BIN_DIR/prog with args (NULL-terminated), stdout+stderr into
- * DIR/<log>.log; inside network namespace ns (`ip netns exec NS ...`, which
- * execs the program in place: the pid is the program's) unless ns is NULL.
- * Returns the pid. */
+/* Starts BIN_DIR/prog inside network namespace ns (`ip netns exec NS
+ * ...`, which execs the program in place: the pid is the program's). */
 static pid_t spawn_in(const char *ns, const char *prog, const char *log, const char *const *args)
 {
-    cr_assert_lt(T.n, MAX_PROCS);
-    char path[700], logp[700];
-    snprintf(path, sizeof(path), "%s/%s", T.bin, prog);
-    snprintf(logp, sizeof(logp), "%s/%s.log", T.dir, log);
-    const char *argv[100];
-    int n = 0;
-    if (ns) {
-        argv[n++] = T.ip;
-        argv[n++] = "netns";
-        argv[n++] = "exec";
-        argv[n++] = ns;
-    }
-    argv[n++] = path;
-    for (int i = 0; args[i] && n < 99; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(argv[0], (char *const *)argv);
-        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    T.pids[T.n] = pid;
-    snprintf(T.names[T.n], sizeof(T.names[0]), "%s", log);
-    T.n++;
-    return pid;
-}
-
-static pid_t spawn(const char *prog, const char *log, const char *const *args)
-{
-    return spawn_in(NULL, prog, log, args);
-}
-
-static pid_t pid_of(const char *log)
-{
-    for (int i = 0; i < T.n; i++)
-        if (!strcmp(T.names[i], log))
-            return T.pids[i];
-    return 0;
+    const char *prefix[] = {N.ip, "netns", "exec", ns, NULL};
+    return h_spawn_via(prefix, prog, log, args);
 }
 
 /* Sends sig to the running process started as `log` (never kill(0, ...):
  * that would hit the test's own process group). */
 static void signal_proc(const char *log, int sig)
 {
-    pid_t p = pid_of(log);
+    pid_t p = h_pid_of(log);
     cr_assert_gt(p, 0, "%s is not running (already reaped)", log);
     cr_assert_eq(kill(p, sig), 0, "kill %s: %s", log, strerror(errno));
-}
-
-/* Waits up to timeout_s for pid to exit; returns its exit status (or
- * 128 + signal), -1 on timeout. */
-static int wait_exit(pid_t pid, double timeout_s)
-{
-    double t0 = now_s();
-    for (;;) {
-        int st;
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) {
-            for (int i = 0; i < T.n; i++)
-                if (T.pids[i] == pid)
-                    T.pids[i] = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        if (now_s() - t0 > timeout_s)
-            return -1;
-        sleep_ms(20);
-    }
-}
-
-/* The last line of a log holding `key`, parsed with sscanf(fmt) from the
- * key on; returns the number of fields parsed. */
-static int scan_last(const char *text, const char *key, const char *fmt, ...)
-{
-    const char *p = NULL, *q = text;
-    while ((q = strstr(q, key)) != NULL) {
-        p = q;
-        q++;
-    }
-    if (!p)
-        return 0;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsscanf(p, fmt, ap);
-    va_end(ap);
-    return n;
-}
-
-static int count_str(const char *text, const char *needle)
-{
-    int n = 0;
-    for (const char *q = text; (q = strstr(q, needle)) != NULL; q++)
-        n++;
-    return n;
-}
-
-static void run_cmd_ok(const char *prog, const char *log, const char *const *args, double timeout)
-{
-    pid_t pid = spawn(prog, log, args);
-    int rc = wait_exit(pid, timeout);
-    char *l = read_log(log);
-    cr_assert_eq(rc, 0, "%s exited with %d; its log:\n%s", prog, rc, l);
-    free(l);
 }
 
 typedef struct {
@@ -333,200 +130,58 @@ typedef struct {
 
 static const tiny_model_t TINY = {32, 2, 64};
 
-/* Temp folder, the tiny world and a random base model with a tokenizer
- * trained on the data. Skips without CRL_BIN_DIR. */
+/* The world of tests/harness.h with a model of size mdl, run "mt"; the
+ * tests make their own endpoints. The heartbeat timeout is generous: the
+ * learner waits up to this long at the end for every actor to hold the
+ * last version, and a crowded 2-core machine can stall a process for a
+ * second or more. */
 static void setup(const char *name, tiny_model_t mdl)
 {
-    const char *bin = getenv("CRL_BIN_DIR");
-    if (!bin || !*bin)
-        cr_skip_test("CRL_BIN_DIR is not set (run through `make test`, or set it to build/bin)");
-    snprintf(T.bin, sizeof(T.bin), "%s", bin);
-    char p[700];
-    static const char *const progs[] = {"crl-learner", "crl-actor", "crl-broker", "crl-data",
-                                        "crl-keygen", "crl-replay"};
-    for (int i = 0; i < 6; i++) {
-        snprintf(p, sizeof(p), "%s/%s", bin, progs[i]);
-        if (access(p, X_OK) != 0)
-            cr_skip_test("%s is not built", p);
-    }
-    const char *base = getenv("CRL_TEST_TMP");
-    snprintf(T.dir, sizeof(T.dir), "%s/multi-%s-XXXXXX", base && *base ? base : "/tmp", name);
-    cr_assert_not_null(mkdtemp(T.dir), "mkdtemp: %s", strerror(errno));
-
-    char data[600];
-    snprintf(data, sizeof(data), "%s/data", T.dir);
-    const char *dargs[] = {"--out", data, "--train", "30", "--val", "4", "--test", "4", "--grid",
-                           "2", "--image-size", "16", "--quiet", NULL};
-    run_cmd_ok("crl-data", "data", dargs, 60);
-
-    char c[700], pol[700], err[1024];
-    snprintf(c, sizeof(c), "%s/train.critic.jsonl", data);
-    snprintf(pol, sizeof(pol), "%s/train.policy.jsonl", data);
-    const char *paths[2] = {c, pol};
-    tokenizer_t *tok = tok_train_files(paths, 2, 300, err, sizeof(err));
-    cr_assert_not_null(tok, "tokenizer: %s", err);
-    model_config_t mc = {.vocab_size = tok_vocab_size(tok), .dim = mdl.dim,
-                         .n_layers = mdl.n_layers, .n_heads = 2, .n_kv_heads = 2,
-                         .hidden_dim = mdl.hidden_dim, .max_seq_len = 512, .image_size = 16,
-                         .patch_size = 8, .tie_embeddings = 0, .rope_theta = 10000,
-                         .norm_eps = 1e-5f};
-    model_t *m = model_new(&mc, 0);
-    cr_assert_not_null(m);
-    rng_t r;
-    rng_seed(&r, 7);
-    model_init_random(m, &r);
-    snprintf(p, sizeof(p), "%s/base", T.dir);
-    cr_assert_eq(ckpt_save_model(m, p, err, sizeof(err)), 0, "%s", err);
-    snprintf(p, sizeof(p), "%s/base/tokenizer.json", T.dir);
-    cr_assert_eq(tok_save(tok, p, err, sizeof(err)), 0, "%s", err);
-    model_destroy(&m);
-    tok_destroy(&tok);
-}
-
-/* Endpoints of one run: learner work, broker publish / announce / fetch. */
-typedef struct {
-    char work[64], publish[64], announce[64], fetch[64];
-} eps_t;
-
-static eps_t loopback_eps(void)
-{
-    eps_t e;
-    snprintf(e.work, sizeof(e.work), "tcp://127.0.0.1:%d", free_port());
-    snprintf(e.publish, sizeof(e.publish), "tcp://127.0.0.1:%d", free_port());
-    snprintf(e.announce, sizeof(e.announce), "tcp://127.0.0.1:%d", free_port());
-    snprintf(e.fetch, sizeof(e.fetch), "tcp://127.0.0.1:%d", free_port());
-    return e;
-}
-
-/* Arguments of one process. */
-typedef struct {
-    char buf[48][700];
-    const char *argv[120];
-    int n, k;
-} args_t;
-
-static void args_add(args_t *a, const char *s)
-{
-    cr_assert_lt(a->n, 118);
-    a->argv[a->n++] = s;
-    a->argv[a->n] = NULL;
-}
-
-static void args_set(args_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void args_set(args_t *a, const char *fmt, ...)
-{
-    cr_assert_lt(a->k, 48);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(a->buf[a->k], sizeof(a->buf[0]), fmt, ap);
-    va_end(ap);
-    args_add(a, "--set");
-    args_add(a, a->buf[a->k]);
-    a->k++;
+    static const char *const progs[] = {"crl-keygen", "crl-replay", NULL};
+    char full[64];
+    snprintf(full, sizeof(full), "multi-%s", name);
+    const h_opts_t o = {.endpoints = H_EPS_NONE, .run_name = "mt", .dim = mdl.dim,
+                        .n_layers = mdl.n_layers, .hidden_dim = mdl.hidden_dim,
+                        .heartbeat_timeout_ms = 5000, .progs = progs};
+    h_setup_opts(full, &o);
 }
 
 /* The run config of these tests (sub: "rl" for the learner, else NULL). */
-static void common_args(args_t *a, const char *sub, const eps_t *e, int steps)
+static void common_args(h_args_t *a, const char *sub, const h_eps_t *e, int steps)
 {
-    memset(a, 0, sizeof(*a));
-    if (sub)
-        args_add(a, sub);
-    args_set(a, "network.learner_work=%s", e->work);
-    args_set(a, "network.broker_publish=%s", e->publish);
-    args_set(a, "network.broker_announce=%s", e->announce);
-    args_set(a, "network.broker_fetch=%s", e->fetch);
-    args_set(a, "run.dir=%s/runs", T.dir);
-    args_set(a, "run.name=mt");
-    args_set(a, "data.dir=%s/data", T.dir);
-    args_set(a, "rl.init=%s/base", T.dir);
-    args_set(a, "rl.group_size=4");
-    args_set(a, "rl.groups_per_step=2");
-    args_set(a, "rl.max_new_tokens=24");
-    args_set(a, "rl.steps=%d", steps);
-    args_set(a, "rl.checkpoint_every=0");
-    args_set(a, "learner.heartbeat_ms=100");
-    /* generous: the learner waits up to this long at the end for every
-     * actor to hold the last version, and a crowded 2-core machine can stall
-     * a process for a second or more */
-    args_set(a, "learner.heartbeat_timeout_ms=5000");
-    args_set(a, "learner.traj_fsync=never");
+    h_common_args_at(a, sub, e->ep, steps, 0, NULL);
 }
 
 /* CurveZMQ settings: the run's key folder and (clients) a client key. */
-static void key_args(args_t *a, const char *keys_dir, const char *client_key)
+static void key_args(h_args_t *a, const char *keys_dir, const char *client_key)
 {
-    args_set(a, "network.curve_keys_dir=%s", keys_dir);
+    h_set(a, "network.curve_keys_dir=%s", keys_dir);
     if (client_key)
-        args_set(a, "network.curve_client_key=%s", client_key);
+        h_set(a, "network.curve_client_key=%s", client_key);
 }
 
-/* Waits until the log `name` holds `needle`. */
-static void wait_log(const char *name, const char *needle, double timeout_s)
+/* h_learner_accounting, which must name the grants too. */
+static h_acct_t learner_accounting(const char *log)
 {
-    double t0 = now_s();
-    for (;;) {
-        char *l = read_log(name);
-        int ok = strstr(l, needle) != NULL;
-        if (ok) {
-            free(l);
-            return;
-        }
-        if (now_s() - t0 > timeout_s) {
-            cr_assert_fail("\"%s\" did not appear in %s.log within %g s; the log:\n%s", needle,
-                           name, timeout_s, l);
-        }
-        free(l);
-        sleep_ms(20);
+    h_acct_t a = h_learner_accounting(log);
+    if (a.grants_found != 3) {
+        char *l = h_read_log(log);
+        cr_assert_fail("the accounting line does not name issued / re-granted / lost grants:\n%s",
+                       l);
     }
-}
-
-static void wait_joined(const char *learner_log, const char *id)
-{
-    char needle[64];
-    snprintf(needle, sizeof(needle), "actor %s (#", id);
-    wait_log(learner_log, needle, 30);
-}
-
-typedef struct {
-    unsigned long long received, used, dropped, issued, regranted, lost, timed_out, bye;
-    int balanced;
-    char line[1024];
-} acct_t;
-
-static acct_t learner_accounting(const char *log)
-{
-    acct_t a;
-    memset(&a, 0, sizeof(a));
-    char *l = read_log(log);
-    int n = scan_last(l, "accounting:",
-                      "accounting: groups received=%llu used=%llu dropped=%llu", &a.received,
-                      &a.used, &a.dropped);
-    cr_assert_eq(n, 3, "no accounting line in the learner's log:\n%s", l);
-    int m = scan_last(l, "grants issued=", "grants issued=%llu re-granted=%llu lost=%llu",
-                      &a.issued, &a.regranted, &a.lost);
-    cr_assert_eq(m, 3, "the accounting line does not name issued / re-granted / lost grants:\n%s",
-                 l);
-    scan_last(l, "actors timed out=", "actors timed out=%llu said bye=%llu", &a.timed_out, &a.bye);
-    const char *acc = strstr(l, "accounting:");
-    a.balanced = acc && strstr(acc, "balanced (used + dropped == received)") != NULL &&
-                 !strstr(acc, "NOT BALANCED");
-    const char *e = acc ? strchr(acc, '\n') : NULL;
-    if (acc)
-        snprintf(a.line, sizeof(a.line), "%.*s", (int)(e ? e - acc : (long)strlen(acc)), acc);
-    free(l);
     return a;
 }
 
 /* The learner exits 0 within timeout_s, its accounting balances and it
  * used steps x 2 groups. */
-static acct_t learner_finished(const char *log, pid_t lp, int steps, double timeout_s)
+static h_acct_t learner_finished(const char *log, pid_t lp, int steps, double timeout_s)
 {
-    int rc = wait_exit(lp, timeout_s);
-    char *l = read_log(log);
+    int rc = h_wait_exit(lp, timeout_s);
+    char *l = h_read_log(log);
     cr_assert_eq(rc, 0, "learner exited with %d (-1: still running after %g s); log:\n%s", rc,
                  timeout_s, l);
     free(l);
-    acct_t a = learner_accounting(log);
+    h_acct_t a = learner_accounting(log);
     cr_assert(a.balanced, "accounting does not balance: %s", a.line);
     cr_assert_eq(a.used + a.dropped, a.received, "used %llu + dropped %llu != received %llu",
                  a.used, a.dropped, a.received);
@@ -541,26 +196,14 @@ static acct_t learner_finished(const char *log, pid_t lp, int steps, double time
 static void actor_done(const char *id, unsigned long long *sent, unsigned long long *version,
                        unsigned long long *versions_seen)
 {
-    wait_log(id, "final: groups generated=", 20);
-    pid_t p = pid_of(id);
+    h_wait_log(id, "final: groups generated=", 20);
+    pid_t p = h_pid_of(id);
     if (p > 0) {
-        int rc = wait_exit(p, 10);
+        int rc = h_wait_exit(p, 10);
         cr_assert_eq(rc, 0, "actor %s exited with %d after its final counters (-1: still running)",
                      id, rc);
     }
-    char *l = read_log(id);
-    unsigned long long gen = 0, s = 0, rs = 0;
-    int n = scan_last(l, "final: groups generated=",
-                      "final: groups generated=%llu sent=%llu resent=%llu", &gen, &s, &rs);
-    cr_assert_eq(n, 3, "no final counters line in actor %s's log:\n%s", id, l);
-    *sent = s + rs;
-    *version = 0;
-    scan_last(l, "(now v", "(now v%llu)", version);
-    if (versions_seen) {
-        *versions_seen = 0;
-        scan_last(l, "versions-seen=", "versions-seen=%llu", versions_seen);
-    }
-    free(l);
+    h_actor_final(id, sent, version, versions_seen);
 }
 
 /* The broker's final counters, printed when it stops. */
@@ -572,25 +215,25 @@ typedef struct {
 
 static broker_final_t broker_stop(const char *log)
 {
-    pid_t p = pid_of(log);
+    pid_t p = h_pid_of(log);
     cr_assert_gt(p, 0, "broker %s is not running", log);
     kill(p, SIGTERM);
-    int rc = wait_exit(p, 15);
-    char *l = read_log(log);
+    int rc = h_wait_exit(p, 15);
+    char *l = h_read_log(log);
     cr_assert_eq(rc, 0, "broker %s: exit %d after SIGTERM (-1: still running); log:\n%s", log, rc,
                  l);
     broker_final_t b;
     memset(&b, 0, sizeof(b));
     unsigned long long pub_ok, pub_ref;
-    int n = scan_last(
+    int n = h_scan_last(
         l, "broker stopped:",
         "broker stopped: latest_version=%llu versions_received=%llu publishes_ok=%llu "
         "publishes_refused=%llu fetch_requests=%llu chunks_served=%llu "
         "bytes_served=%llu",
         &b.latest, &b.versions, &pub_ok, &pub_ref, &b.fetch_requests, &b.chunks, &b.bytes);
     cr_assert_eq(n, 7, "no final counters line in %s.log:\n%s", log, l);
-    scan_last(l, "upstream_bytes=", "upstream_bytes=%llu upstream_failures=%llu", &b.upstream_bytes,
-              &b.upstream_failures);
+    h_scan_last(l, "upstream_bytes=", "upstream_bytes=%llu upstream_failures=%llu",
+                &b.upstream_bytes, &b.upstream_failures);
     const char *s = strstr(l, "broker stopped:");
     const char *e = s ? strchr(s, '\n') : NULL;
     snprintf(b.line, sizeof(b.line), "%.*s", (int)(e ? e - s : (long)strlen(s)), s);
@@ -602,8 +245,8 @@ static broker_final_t broker_stop(const char *log)
 static int metrics_live(int *live, int max)
 {
     char p[700];
-    snprintf(p, sizeof(p), "%s/runs/mt/metrics.jsonl", T.dir);
-    char *s = read_file(p);
+    snprintf(p, sizeof(p), "%s/runs/mt/metrics.jsonl", H.dir);
+    char *s = h_read_file(p);
     int n = 0;
     for (char *line = s ? strtok(s, "\n") : NULL; line && n < max; line = strtok(NULL, "\n")) {
         cJSON *o = cJSON_Parse(line);
@@ -622,7 +265,7 @@ static void keygen_run(const char *keys, int actors)
     char n[16];
     snprintf(n, sizeof(n), "%d", actors);
     const char *args[] = {"--run-dir", keys, "--actors", n, NULL};
-    run_cmd_ok("crl-keygen", "keygen", args, 20);
+    h_run_ok("crl-keygen", "keygen", args, 20);
 }
 
 static void load_pub(const char *path, char pub[SECURITY_Z85_LEN + 1])
@@ -636,14 +279,14 @@ static void load_pub(const char *path, char pub[SECURITY_Z85_LEN + 1])
 static int traj_has_actor(const char *id)
 {
     char p[700], logp[700], want[64];
-    snprintf(p, sizeof(p), "%s/runs/mt/traj", T.dir);
-    snprintf(logp, sizeof(logp), "%s/replay-poll.log", T.dir);
+    snprintf(p, sizeof(p), "%s/runs/mt/traj", H.dir);
+    snprintf(logp, sizeof(logp), "%s/replay-poll.log", H.dir);
     unlink(logp);
     char prog[700];
-    snprintf(prog, sizeof(prog), "%s/crl-replay", T.bin);
+    snprintf(prog, sizeof(prog), "%s/crl-replay", H.bin);
     const char *argv[] = {prog, "info", p, NULL};
     run_argv(argv, "replay-poll");
-    char *l = read_log("replay-poll");
+    char *l = h_read_log("replay-poll");
     snprintf(want, sizeof(want), "\n  %s ", id);
     int has = strstr(l, want) != NULL;
     free(l);
@@ -652,19 +295,19 @@ static int traj_has_actor(const char *id)
 
 /* ------------------------------------------------------------ netns */
 
-/* Finds iproute2's ip (T.ip) and checks that `ip netns` can be used here
+/* Finds iproute2's ip (N.ip) and checks that `ip netns` can be used here
  * (root, and a namespace can be made and deleted); skips with the reason
  * otherwise. */
 static void require_netns(void)
 {
     static const char *const cands[] = {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"};
-    T.ip[0] = '\0';
+    N.ip[0] = '\0';
     for (size_t i = 0; i < sizeof(cands) / sizeof(cands[0]); i++)
         if (access(cands[i], X_OK) == 0) {
-            snprintf(T.ip, sizeof(T.ip), "%s", cands[i]);
+            snprintf(N.ip, sizeof(N.ip), "%s", cands[i]);
             break;
         }
-    if (!T.ip[0])
+    if (!N.ip[0])
         cr_skip_test("netns test skipped: iproute2's `ip` is not installed (apt-get install "
                      "iproute2)");
     if (geteuid() != 0)
@@ -674,7 +317,7 @@ static void require_netns(void)
     snprintf(probe, sizeof(probe), "crlm%d-probe", (int)getpid());
     int rc = ip_cmd("netns add %s", probe);
     if (rc != 0) {
-        char *l = read_log("ip");
+        char *l = h_read_log("ip");
         fprintf(stderr, "multi/netns: ip netns add: %s\n", l);
         free(l);
         cr_skip_test("netns test skipped: `ip netns add` fails here (exit %d; no CAP_SYS_ADMIN "
@@ -714,7 +357,7 @@ static void delete_stale_namespaces(void)
 
 /* A child that deletes this test's namespaces once the test process is
  * gone, however it went (its pipe reaches EOF): .fini does not run when
- * Criterion kills a test on timeout. Call once T.ns[] is filled, before
+ * Criterion kills a test on timeout. Call once N.ns[] is filled, before
  * making them. */
 static void start_reaper(void)
 {
@@ -745,11 +388,11 @@ static void start_reaper(void)
             if (r == 0 || (r < 0 && errno != EINTR))
                 break;
         }
-        sleep_ms(200); /* the test's processes die with it (PR_SET_PDEATHSIG) */
-        for (int i = 0; i < T.n_ns; i++) {
+        h_sleep_ms(200); /* the test's processes die with it (PR_SET_PDEATHSIG) */
+        for (int i = 0; i < N.n_ns; i++) {
             pid_t c = fork();
             if (c == 0) {
-                execl(T.ip, T.ip, "netns", "del", T.ns[i], (char *)NULL);
+                execl(N.ip, N.ip, "netns", "del", N.ns[i], (char *)NULL);
                 _exit(127);
             }
             if (c > 0)
@@ -758,8 +401,8 @@ static void start_reaper(void)
         _exit(0);
     }
     close(fds[0]);
-    T.reaper_fd = fds[1];
-    T.reaper = pid;
+    N.reaper_fd = fds[1];
+    N.reaper = pid;
 }
 
 /* The network namespace of a process, as "net:[inode]". */
@@ -778,11 +421,11 @@ static void link_bytes(const char *ns, const char *dev, unsigned long long *rx,
     char log[64];
     snprintf(log, sizeof(log), "ipstat-%s", dev);
     char p[700];
-    snprintf(p, sizeof(p), "%s/%s.log", T.dir, log);
+    snprintf(p, sizeof(p), "%s/%s.log", H.dir, log);
     unlink(p);
-    const char *argv[] = {T.ip, "-j", "-s", "-n", ns, "link", "show", "dev", dev, NULL};
+    const char *argv[] = {N.ip, "-j", "-s", "-n", ns, "link", "show", "dev", dev, NULL};
     cr_assert_eq(run_argv(argv, log), 0, "ip -s link show %s in %s failed", dev, ns);
-    char *s = read_file(p);
+    char *s = h_read_file(p);
     cJSON *o = cJSON_Parse(s);
     cr_assert_not_null(o, "ip -j -s output is not JSON: %s", s);
     const cJSON *st = cJSON_GetObjectItem(cJSON_GetArrayItem(o, 0), "stats64");
@@ -798,9 +441,9 @@ static void link_bytes(const char *ns, const char *dev, unsigned long long *rx,
 /* The weights blob size, from the (central) broker's log. */
 static unsigned long long blob_bytes(const char *broker_log)
 {
-    char *l = read_log(broker_log);
+    char *l = h_read_log(broker_log);
     unsigned long long v = 0, bytes = 0;
-    int n = scan_last(l, "version 1: ", "version %llu: %llu bytes", &v, &bytes);
+    int n = h_scan_last(l, "version 1: ", "version %llu: %llu bytes", &v, &bytes);
     cr_assert_eq(n, 2, "no \"version 1: N bytes\" line in %s.log:\n%s", broker_log, l);
     free(l);
     return bytes;
@@ -822,15 +465,15 @@ Test(multi, netns_actors_on_other_hosts_train_over_veth_with_curve, .fini = fini
     require_netns();
     delete_stale_namespaces();
     int me = (int)getpid();
-    const char *L = T.ns[0], *A[2] = {T.ns[1], T.ns[2]};
-    snprintf(T.ns[0], sizeof(T.ns[0]), "crlm%d-L", me);
-    snprintf(T.ns[1], sizeof(T.ns[1]), "crlm%d-a1", me);
-    snprintf(T.ns[2], sizeof(T.ns[2]), "crlm%d-a2", me);
-    T.n_ns = 3;
+    const char *L = N.ns[0], *A[2] = {N.ns[1], N.ns[2]};
+    snprintf(N.ns[0], sizeof(N.ns[0]), "crlm%d-L", me);
+    snprintf(N.ns[1], sizeof(N.ns[1]), "crlm%d-a1", me);
+    snprintf(N.ns[2], sizeof(N.ns[2]), "crlm%d-a2", me);
+    N.n_ns = 3;
     start_reaper();
     for (int i = 0; i < 3; i++) {
-        ip_ok("netns add", ip_cmd("netns add %s", T.ns[i]));
-        ip_ok("link set lo up", ip_cmd("-n %s link set lo up", T.ns[i]));
+        ip_ok("netns add", ip_cmd("netns add %s", N.ns[i]));
+        ip_ok("link set lo up", ip_cmd("-n %s link set lo up", N.ns[i]));
     }
     for (int k = 1; k <= 2; k++) {
         ip_ok("link add veth", ip_cmd("-n %s link add crl%d type veth peer name crl%dp netns %s", L,
@@ -843,27 +486,27 @@ Test(multi, netns_actors_on_other_hosts_train_over_veth_with_curve, .fini = fini
     ip_ok("route add", ip_cmd("-n %s route add 198.18.1.0/30 via 198.18.2.1", A[1]));
 
     /* a fresh namespace: fixed ports cannot collide with anything */
-    eps_t e;
-    snprintf(e.work, sizeof(e.work), "tcp://198.18.1.1:5555");
-    snprintf(e.publish, sizeof(e.publish), "tcp://198.18.1.1:5556");
-    snprintf(e.announce, sizeof(e.announce), "tcp://198.18.1.1:5557");
-    snprintf(e.fetch, sizeof(e.fetch), "tcp://198.18.1.1:5558");
+    h_eps_t e;
+    snprintf(e.ep[H_WORK], sizeof(e.ep[H_WORK]), "tcp://198.18.1.1:5555");
+    snprintf(e.ep[H_PUBLISH], sizeof(e.ep[H_PUBLISH]), "tcp://198.18.1.1:5556");
+    snprintf(e.ep[H_ANNOUNCE], sizeof(e.ep[H_ANNOUNCE]), "tcp://198.18.1.1:5557");
+    snprintf(e.ep[H_FETCH], sizeof(e.ep[H_FETCH]), "tcp://198.18.1.1:5558");
 
     /* without keys, binding a non-loopback address is refused */
-    args_t a;
+    h_args_t a;
     common_args(&a, NULL, &e, NETNS_STEPS);
     pid_t bp = spawn_in(L, "crl-broker", "broker-nokeys", a.argv);
-    int rc = wait_exit(bp, 20);
-    char *l = read_log("broker-nokeys");
+    int rc = h_wait_exit(bp, 20);
+    char *l = h_read_log("broker-nokeys");
     cr_assert(rc != 0 && rc != -1, "crl-broker bound %s without keys (exit %d); log:\n%s",
-              e.announce, rc, l);
+              e.ep[H_ANNOUNCE], rc, l);
     cr_assert(strstr(l, "198.18.1.1") && strstr(l, "network.curve_keys_dir") &&
                   strstr(l, "network.insecure"),
               "the refusal does not say what to set:\n%s", l);
     free(l);
 
     char keys[600];
-    snprintf(keys, sizeof(keys), "%s/keys", T.dir);
+    snprintf(keys, sizeof(keys), "%s/keys", H.dir);
     keygen_run(keys, 2);
 
     common_args(&a, "rl", &e, NETNS_STEPS);
@@ -875,17 +518,17 @@ Test(multi, netns_actors_on_other_hosts_train_over_veth_with_curve, .fini = fini
         char ck[700];
         snprintf(ck, sizeof(ck), "%s/actor-%d.key", keys, k + 1);
         key_args(&a, keys, ck);
-        args_set(&a, "actor.id=%s", ids[k]);
+        h_set(&a, "actor.id=%s", ids[k]);
         spawn_in(A[k], "crl-actor", ids[k], a.argv);
     }
     for (int k = 0; k < 2; k++)
-        wait_joined("learner", ids[k]);
+        h_wait_joined("learner", ids[k]);
     /* each actor lives in its own namespace, none in ours or the learner's */
     char mine[64], nl[64], na[2][64];
     netns_of(getpid(), mine, sizeof(mine));
     netns_of(lp, nl, sizeof(nl));
     for (int k = 0; k < 2; k++)
-        netns_of(pid_of(ids[k]), na[k], sizeof(na[k]));
+        netns_of(h_pid_of(ids[k]), na[k], sizeof(na[k]));
     cr_assert(nl[0] && na[0][0] && na[1][0], "cannot read /proc/PID/ns/net");
     cr_assert(strcmp(nl, mine) && strcmp(na[0], mine) && strcmp(na[1], mine) &&
                   strcmp(na[0], nl) && strcmp(na[1], nl) && strcmp(na[0], na[1]),
@@ -895,8 +538,8 @@ Test(multi, netns_actors_on_other_hosts_train_over_veth_with_curve, .fini = fini
     key_args(&a, keys, NULL);
     spawn_in(L, "crl-broker", "broker", a.argv);
 
-    acct_t ac = learner_finished("learner", lp, NETNS_STEPS, 60);
-    l = read_log("learner");
+    h_acct_t ac = learner_finished("learner", lp, NETNS_STEPS, 60);
+    l = h_read_log("learner");
     for (int k = 0; k < 2; k++) {
         char want[128];
         snprintf(want, sizeof(want), "(clients/actor-%d.pub) from 198.18.%d.2 on work socket",
@@ -949,62 +592,62 @@ Test(multi, elastic_actors_join_and_leave_a_running_job, .fini = fini)
 {
     static const tiny_model_t mdl = {96, 3, 192};
     setup("elastic", mdl);
-    eps_t e = loopback_eps();
-    args_t a;
+    h_eps_t e = h_loopback_eps();
+    h_args_t a;
     common_args(&a, NULL, &e, ELASTIC_STEPS);
-    spawn("crl-broker", "broker", a.argv);
+    h_spawn("crl-broker", "broker", a.argv);
     common_args(&a, "rl", &e, ELASTIC_STEPS);
-    args_set(&a, "rl.max_new_tokens=160");
-    args_set(&a, "rl.max_staleness=6");
+    h_set(&a, "rl.max_new_tokens=160");
+    h_set(&a, "rl.max_staleness=6");
     /* a2 (SIGKILL) is given up after 1 s */
-    args_set(&a, "learner.heartbeat_timeout_ms=1000");
-    pid_t lp = spawn("crl-learner", "learner", a.argv);
+    h_set(&a, "learner.heartbeat_timeout_ms=1000");
+    pid_t lp = h_spawn("crl-learner", "learner", a.argv);
     static const char *const ids[] = {"a1", "a2", "a3"};
     for (int k = 0; k < 3; k++) {
         if (k == 1) {
             /* after the first step */
             int live[256];
-            double t0 = now_s();
+            double t0 = h_now();
             while (metrics_live(live, 256) < 1) {
-                cr_assert_lt(now_s() - t0, 40, "no step within 40 s");
-                cr_assert_eq(wait_exit(lp, 0), -1, "learner exited early");
-                sleep_ms(20);
+                cr_assert_lt(h_now() - t0, 40, "no step within 40 s");
+                cr_assert_eq(h_wait_exit(lp, 0), -1, "learner exited early");
+                h_sleep_ms(20);
             }
         }
         common_args(&a, NULL, &e, ELASTIC_STEPS);
-        args_set(&a, "actor.id=%s", ids[k]);
-        spawn("crl-actor", ids[k], a.argv);
+        h_set(&a, "actor.id=%s", ids[k]);
+        h_spawn("crl-actor", ids[k], a.argv);
     }
-    wait_joined("learner", "a2");
-    wait_joined("learner", "a3");
+    h_wait_joined("learner", "a2");
+    h_wait_joined("learner", "a3");
     double t0;
     /* a2 and a3 at work: they hold weights, each delivered a group, and a
      * step was taken with all three live after that (each holds grants:
      * 3 actors x 2 credits stay under the in-flight cap of groups_per_step x
      * max_staleness) */
-    wait_log("a2", "weights v0 -> v", 30);
-    wait_log("a3", "weights v0 -> v", 30);
+    h_wait_log("a2", "weights v0 -> v", 30);
+    h_wait_log("a3", "weights v0 -> v", 30);
     for (int k = 1; k < 3; k++) { /* and each delivered a group */
-        t0 = now_s();
+        t0 = h_now();
         while (!traj_has_actor(ids[k])) {
-            cr_assert_lt(now_s() - t0, 40, "no group of %s in the trajectory log within 40 s",
+            cr_assert_lt(h_now() - t0, 40, "no group of %s in the trajectory log within 40 s",
                          ids[k]);
-            cr_assert_eq(wait_exit(lp, 0), -1, "learner exited before %s delivered a group",
+            cr_assert_eq(h_wait_exit(lp, 0), -1, "learner exited before %s delivered a group",
                          ids[k]);
-            sleep_ms(50);
+            h_sleep_ms(50);
         }
     }
     int live[256], n = metrics_live(live, 256), three = 0;
     int n0 = n;
-    t0 = now_s();
+    t0 = h_now();
     while (three < 1) {
         n = metrics_live(live, 256);
         three = 0;
         for (int i = n0; i < n; i++)
             three += live[i] == 3;
-        cr_assert_lt(now_s() - t0, 40, "no step with 3 live actors within 40 s");
-        cr_assert_eq(wait_exit(lp, 0), -1, "learner exited before a step with 3 live actors");
-        sleep_ms(10);
+        cr_assert_lt(h_now() - t0, 40, "no step with 3 live actors within 40 s");
+        cr_assert_eq(h_wait_exit(lp, 0), -1, "learner exited before a step with 3 live actors");
+        h_sleep_ms(10);
     }
     /* at one actor, 8 steps outlast a2's 1 s heartbeat timeout several times */
     cr_assert_leq(n, ELASTIC_STEPS - 8,
@@ -1012,18 +655,18 @@ Test(multi, elastic_actors_join_and_leave_a_running_job, .fini = fini)
                   "left to see it go on (make steps slower)",
                   n, ELASTIC_STEPS);
     int steps_at_removal = n;
-    pid_t a2 = pid_of("a2"), a3 = pid_of("a3");
+    pid_t a2 = h_pid_of("a2"), a3 = h_pid_of("a3");
     signal_proc("a2", SIGKILL);
     signal_proc("a3", SIGTERM);
-    int rc = wait_exit(a3, 20);
-    char *l = read_log("a3");
+    int rc = h_wait_exit(a3, 20);
+    char *l = h_read_log("a3");
     cr_assert_eq(rc, 0, "a3 exited with %d after SIGTERM (-1: still running); log:\n%s", rc, l);
     free(l);
-    cr_assert_eq(wait_exit(a2, 5), 128 + SIGKILL);
-    wait_log("learner", "actor a3 said bye", 10);
-    wait_log("learner", "actor a2 silent for more than", 20);
+    cr_assert_eq(h_wait_exit(a2, 5), 128 + SIGKILL);
+    h_wait_log("learner", "actor a3 said bye", 10);
+    h_wait_log("learner", "actor a2 silent for more than", 20);
 
-    acct_t ac = learner_finished("learner", lp, ELASTIC_STEPS, 90);
+    h_acct_t ac = learner_finished("learner", lp, ELASTIC_STEPS, 90);
     n = metrics_live(live, 256);
     cr_assert_eq(n, ELASTIC_STEPS, "metrics.jsonl has %d lines, expected %d", n, ELASTIC_STEPS);
     int maxl = 0;
@@ -1045,10 +688,10 @@ Test(multi, elastic_actors_join_and_leave_a_running_job, .fini = fini)
                 ELASTIC_STEPS + 1);
     /* every actor's groups reached the trajectory log */
     char p[700];
-    snprintf(p, sizeof(p), "%s/runs/mt/traj", T.dir);
+    snprintf(p, sizeof(p), "%s/runs/mt/traj", H.dir);
     const char *rargs[] = {"info", p, NULL};
-    run_cmd_ok("crl-replay", "replay-info", rargs, 30);
-    l = read_log("replay-info");
+    h_run_ok("crl-replay", "replay-info", rargs, 30);
+    l = h_read_log("replay-info");
     for (int k = 0; k < 3; k++) {
         char want[16];
         snprintf(want, sizeof(want), "\n  %s ", ids[k]);
@@ -1072,11 +715,11 @@ Test(multi, unlisted_key_refused_by_learner_and_broker_listed_key_works,
 {
     setup("keys", TINY);
     char keys[600], rogue_dir[600], rogue_key[700], a1_key[700], p[700];
-    snprintf(keys, sizeof(keys), "%s/keys", T.dir);
+    snprintf(keys, sizeof(keys), "%s/keys", H.dir);
     keygen_run(keys, 1);
-    snprintf(rogue_dir, sizeof(rogue_dir), "%s/rogue-keys", T.dir);
+    snprintf(rogue_dir, sizeof(rogue_dir), "%s/rogue-keys", H.dir);
     const char *kargs[] = {"--dir", rogue_dir, "rogue", NULL};
-    run_cmd_ok("crl-keygen", "keygen-rogue", kargs, 20);
+    h_run_ok("crl-keygen", "keygen-rogue", kargs, 20);
     snprintf(rogue_key, sizeof(rogue_key), "%s/rogue.key", rogue_dir);
     snprintf(a1_key, sizeof(a1_key), "%s/actor-1.key", keys);
     char rogue_pub[SECURITY_Z85_LEN + 1], a1_pub[SECURITY_Z85_LEN + 1];
@@ -1085,29 +728,29 @@ Test(multi, unlisted_key_refused_by_learner_and_broker_listed_key_works,
     snprintf(p, sizeof(p), "%s/actor-1.pub", keys);
     load_pub(p, a1_pub);
 
-    eps_t e = loopback_eps();
-    args_t a;
+    h_eps_t e = h_loopback_eps();
+    h_args_t a;
     common_args(&a, NULL, &e, KEYS_STEPS);
     key_args(&a, keys, NULL);
-    spawn("crl-broker", "broker", a.argv);
+    h_spawn("crl-broker", "broker", a.argv);
     common_args(&a, "rl", &e, KEYS_STEPS);
     key_args(&a, keys, NULL);
-    pid_t lp = spawn("crl-learner", "learner", a.argv);
+    pid_t lp = h_spawn("crl-learner", "learner", a.argv);
     /* the rogue first, so that it is there for the whole run */
     common_args(&a, NULL, &e, KEYS_STEPS);
     key_args(&a, keys, rogue_key);
-    args_set(&a, "actor.id=rogue");
-    spawn("crl-actor", "rogue", a.argv);
+    h_set(&a, "actor.id=rogue");
+    h_spawn("crl-actor", "rogue", a.argv);
     char want[256];
     snprintf(want, sizeof(want), "refused unlisted client key %s", rogue_pub);
-    wait_log("learner", want, 30);
-    wait_log("broker", want, 30);
+    h_wait_log("learner", want, 30);
+    h_wait_log("broker", want, 30);
     common_args(&a, NULL, &e, KEYS_STEPS);
     key_args(&a, keys, a1_key);
-    args_set(&a, "actor.id=a1");
-    spawn("crl-actor", "a1", a.argv);
+    h_set(&a, "actor.id=a1");
+    h_spawn("crl-actor", "a1", a.argv);
 
-    acct_t ac = learner_finished("learner", lp, KEYS_STEPS, 60);
+    h_acct_t ac = learner_finished("learner", lp, KEYS_STEPS, 60);
     unsigned long long sent, ver;
     actor_done("a1", &sent, &ver, NULL);
     cr_assert_eq(ver, KEYS_STEPS + 1, "a1 ended at version %llu, the last is %d", ver,
@@ -1115,7 +758,7 @@ Test(multi, unlisted_key_refused_by_learner_and_broker_listed_key_works,
     cr_assert_eq(sent, ac.received, "a1 sent %llu groups, the learner received %llu", sent,
                  ac.received);
 
-    char *l = read_log("learner");
+    char *l = h_read_log("learner");
     snprintf(want, sizeof(want), "refused unlisted client key %s from 127.0.0.1 on work socket",
              rogue_pub);
     cr_assert(strstr(l, want), "the learner did not log \"%s\":\n%s", want, l);
@@ -1123,23 +766,23 @@ Test(multi, unlisted_key_refused_by_learner_and_broker_listed_key_works,
     snprintf(want, sizeof(want), "accepted client key %s (clients/actor-1.pub)", a1_pub);
     cr_assert(strstr(l, want), "the learner did not accept a1's listed key:\n%s", l);
     free(l);
-    l = read_log("broker");
+    l = h_read_log("broker");
     snprintf(want, sizeof(want), "refused unlisted client key %s from 127.0.0.1 on", rogue_pub);
-    int refusals = count_str(l, want);
+    int refusals = h_count(l, want);
     cr_assert_geq(refusals, 1, "the broker did not log \"%s\":\n%s", want, l);
     snprintf(want, sizeof(want), "accepted client key %s (clients/actor-1.pub)", a1_pub);
     cr_assert(strstr(l, want), "the broker did not accept a1's listed key:\n%s", l);
     free(l);
 
     /* the rogue got nothing: no Welcome, no weights; it still runs */
-    pid_t rp = pid_of("rogue");
-    cr_assert_eq(wait_exit(rp, 0), -1, "the rogue actor exited on its own");
+    pid_t rp = h_pid_of("rogue");
+    cr_assert_eq(h_wait_exit(rp, 0), -1, "the rogue actor exited on its own");
     signal_proc("rogue", SIGTERM);
-    int rc = wait_exit(rp, 15);
-    l = read_log("rogue");
+    int rc = h_wait_exit(rp, 15);
+    l = h_read_log("rogue");
     if (rc == -1) {
         kill(rp, SIGKILL);
-        wait_exit(rp, 5);
+        h_wait_exit(rp, 5);
         fprintf(stderr, "multi/keys: the refused actor did not stop within 15 s of SIGTERM\n");
     }
     cr_assert_not(strstr(l, "joined learner"), "the rogue actor joined:\n%s", l);
@@ -1155,12 +798,12 @@ Test(multi, unlisted_key_refused_by_learner_and_broker_listed_key_works,
     free(l);
 
     /* the trajectory log holds a1's groups only */
-    snprintf(p, sizeof(p), "%s/runs/mt/traj", T.dir);
+    snprintf(p, sizeof(p), "%s/runs/mt/traj", H.dir);
     const char *rargs[] = {"info", p, NULL};
-    run_cmd_ok("crl-replay", "replay-info", rargs, 30);
-    l = read_log("replay-info");
+    h_run_ok("crl-replay", "replay-info", rargs, 30);
+    l = h_read_log("replay-info");
     unsigned long long n_actors = 0;
-    cr_assert_eq(scan_last(l, "\nactors ", "\nactors %llu", &n_actors), 1, "no actors line:\n%s",
+    cr_assert_eq(h_scan_last(l, "\nactors ", "\nactors %llu", &n_actors), 1, "no actors line:\n%s",
                  l);
     cr_assert_eq(n_actors, 1, "the log names %llu actors, expected 1 (a1):\n%s", n_actors, l);
     cr_assert(strstr(l, "\n  a1 "), "a1 is not in the trajectory log:\n%s", l);
@@ -1203,31 +846,31 @@ Test(multi, relay_fans_out_weights_fetched_once_from_the_central_broker,
      .fini = fini)
 {
     setup("relay", TINY);
-    eps_t e = loopback_eps(); /* learner + central broker */
-    eps_t r = e;              /* what the actors use: the relay */
-    snprintf(r.announce, sizeof(r.announce), "tcp://127.0.0.1:%d", free_port());
-    snprintf(r.fetch, sizeof(r.fetch), "tcp://127.0.0.1:%d", free_port());
-    args_t a;
+    h_eps_t e = h_loopback_eps(); /* learner + central broker */
+    h_eps_t r = e;                /* what the actors use: the relay */
+    snprintf(r.ep[H_ANNOUNCE], sizeof(r.ep[H_ANNOUNCE]), "tcp://127.0.0.1:%d", h_free_port());
+    snprintf(r.ep[H_FETCH], sizeof(r.ep[H_FETCH]), "tcp://127.0.0.1:%d", h_free_port());
+    h_args_t a;
     common_args(&a, "rl", &e, RELAY_STEPS);
-    pid_t lp = spawn("crl-learner", "learner", a.argv);
+    pid_t lp = h_spawn("crl-learner", "learner", a.argv);
     static const char *const ids[] = {"a1", "a2"};
     for (int k = 0; k < 2; k++) {
         common_args(&a, NULL, &r, RELAY_STEPS);
-        args_set(&a, "actor.id=%s", ids[k]);
-        spawn("crl-actor", ids[k], a.argv);
+        h_set(&a, "actor.id=%s", ids[k]);
+        h_spawn("crl-actor", ids[k], a.argv);
     }
     for (int k = 0; k < 2; k++)
-        wait_joined("learner", ids[k]);
+        h_wait_joined("learner", ids[k]);
     /* the relay first: it is subscribed before version 1 exists */
     common_args(&a, NULL, &r, RELAY_STEPS);
-    args_set(&a, "broker.upstream=%s", e.fetch);
-    args_set(&a, "broker.upstream_announce=%s", e.announce);
-    spawn("crl-broker", "relay", a.argv);
-    wait_log("relay", "relay broker:", 20);
+    h_set(&a, "broker.upstream=%s", e.ep[H_FETCH]);
+    h_set(&a, "broker.upstream_announce=%s", e.ep[H_ANNOUNCE]);
+    h_spawn("crl-broker", "relay", a.argv);
+    h_wait_log("relay", "relay broker:", 20);
     common_args(&a, NULL, &e, RELAY_STEPS);
-    spawn("crl-broker", "central", a.argv);
+    h_spawn("crl-broker", "central", a.argv);
 
-    acct_t ac = learner_finished("learner", lp, RELAY_STEPS, 60);
+    h_acct_t ac = learner_finished("learner", lp, RELAY_STEPS, 60);
     unsigned long long total = 0, seen[2];
     for (int k = 0; k < 2; k++) {
         unsigned long long sent, ver;

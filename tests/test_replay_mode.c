@@ -1,369 +1,80 @@
 /* Tests of `crl-learner replay` (issue 5): a short live run (crl-broker,
  * crl-learner rl, two crl-actor processes on 127.0.0.1, the tiny model and
- * world of tests/test_integration.c), then a replay of its trajectory log
+ * world of tests/harness.h), then a replay of its trajectory log
  * that must reproduce the live weights bit for bit after every step —
  * checked against the StepMarkers the test reads from the log itself, and
  * on the final model.safetensors. Also: a replay from a mid-run checkpoint,
  * a step redone after a learner crash (the later StepMarker wins), a
  * corrupt record in the middle of the log, config mismatches, and usage
  * errors. The binaries come from $CRL_BIN_DIR (`make test` sets it);
- * without it the tests are skipped. The harness is a copy of the few
- * helpers of test_integration.c it needs (Criterion links only
- * tests/test_*.c, so they cannot live in a shared helper file). */
-#include <criterion/criterion.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <inttypes.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
+ * without it the tests are skipped. The processes are run by the shared
+ * harness of tests/harness.h. */
+#include "harness.h"
 
-#include "checkpoint.h"
-#include "model.h"
+#include <inttypes.h>
+#include <stdint.h>
+
 #include "proto/crl.pb-c.h"
-#include "rng.h"
-#include "tokenizer.h"
 #include "traj_log.h"
 
 /* ------------------------------------------------------------ harness */
 
-#define MAX_PROCS 24
 #define MAX_STEPS 64
 
-typedef struct {
-    char dir[512];
-    char bin[512];
-    char ep[4][64]; /* work, publish, announce, fetch */
-    pid_t pids[MAX_PROCS];
-    int n;
-} rtest_t;
+static void fini(void) { h_kill_all(); }
 
-static rtest_t T;
-
-static double now_s(void)
+/* The tiny world of tests/harness.h on 127.0.0.1 endpoints; every process
+ * with skip_zero_variance off, so that every group of the random model
+ * enters the loss and every step really moves the weights. */
+static void setup(const char *name)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0, "bind: %s", strerror(errno));
-    socklen_t len = sizeof(a);
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static void fini(void)
-{
-    for (int i = 0; i < T.n; i++) {
-        if (T.pids[i] <= 0)
-            continue;
-        kill(T.pids[i], SIGKILL);
-        waitpid(T.pids[i], NULL, 0);
-        T.pids[i] = 0;
-    }
-}
-
-/* Starts BIN_DIR/prog with args (NULL-terminated), stdout and stderr into
- * DIR/<log>.log (truncated). */
-static pid_t spawn(const char *prog, const char *log, const char *const *args)
-{
-    cr_assert_lt(T.n, MAX_PROCS);
-    char path[700], logp[700];
-    snprintf(path, sizeof(path), "%s/%s", T.bin, prog);
-    snprintf(logp, sizeof(logp), "%s/%s.log", T.dir, log);
-    const char *argv[128];
-    int n = 0;
-    argv[n++] = path;
-    for (int i = 0; args[i] && n < 127; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(logp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(path, (char *const *)argv);
-        fprintf(stderr, "exec %s: %s\n", path, strerror(errno));
-        _exit(127);
-    }
-    T.pids[T.n++] = pid;
-    return pid;
-}
-
-/* Exit status (or 128 + signal) of pid, -1 after timeout_s. */
-static int wait_exit(pid_t pid, double timeout_s)
-{
-    double t0 = now_s();
-    for (;;) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            for (int i = 0; i < T.n; i++)
-                if (T.pids[i] == pid)
-                    T.pids[i] = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        if (now_s() - t0 > timeout_s)
-            return -1;
-        sleep_ms(10);
-    }
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = '\0';
-    fclose(f);
-    if (len)
-        *len = got;
-    return b;
-}
-
-static char *read_log(const char *name)
-{
-    char p[700];
-    snprintf(p, sizeof(p), "%s/%s.log", T.dir, name);
-    char *s = read_file(p, NULL);
-    return s ? s : calloc(1, 1);
-}
-
-/* The last 3000 characters of a text: failure messages quote logs, and a
- * runaway process's log can be huge (Criterion sends every message to its
- * runner). */
-static const char *tail_of(const char *text)
-{
-    size_t n = strlen(text);
-    return n > 3000 ? text + n - 3000 : text;
-}
-
-/* Polling loops check with plain ifs: Criterion sends every assertion,
- * passing ones too, to its runner. */
-static void wait_log(const char *name, const char *needle, double timeout_s)
-{
-    double t0 = now_s();
-    for (;;) {
-        char *l = read_log(name);
-        int ok = strstr(l, needle) != NULL;
-        free(l);
-        if (ok)
-            return;
-        if (now_s() - t0 > timeout_s)
-            cr_assert_fail("\"%s\" did not appear in %s.log within %g s", needle, name, timeout_s);
-        sleep_ms(10);
-    }
+    static const char *const sets[] = {"rl.skip_zero_variance=false", "rl.lr=1e-3", NULL};
+    char full[64];
+    snprintf(full, sizeof(full), "rm-%s", name);
+    const h_opts_t o = {.endpoints = H_EPS_TCP, .sets = sets};
+    h_setup_opts(full, &o);
 }
 
 /* Runs prog to completion (timeout_s); returns its exit status and leaves
  * its output in DIR/<log>.log. */
 static int run_cmd(const char *prog, const char *log, const char *const *args, double timeout_s)
 {
-    pid_t pid = spawn(prog, log, args);
-    int rc = wait_exit(pid, timeout_s);
+    int rc = h_run(prog, log, args, timeout_s);
     cr_assert_neq(rc, -1, "%s (%s) did not finish within %g s", prog, log, timeout_s);
     return rc;
 }
 
-/* Temp folder, endpoints, the tiny world and a random base model with its
- * tokenizer (as test_integration.c). Skips without CRL_BIN_DIR. */
-static void setup(const char *name)
+/* broker + learner + actors a1 and a2 for `steps` steps, the learner
+ * logging to learner_log and the actors to a1_log, a2_log; the learner
+ * (`who` in the failure message) must exit 0. */
+static void run_job(const char *learner_log, const char *a1_log, const char *a2_log, int steps,
+                    int ckpt_every, const char *who)
 {
-    memset(&T, 0, sizeof(T));
-    const char *bin = getenv("CRL_BIN_DIR");
-    if (!bin || !*bin)
-        cr_skip_test("CRL_BIN_DIR is not set (run through `make test`, or set it to build/bin)");
-    snprintf(T.bin, sizeof(T.bin), "%s", bin);
-    char p[700];
-    static const char *const progs[] = {"crl-learner", "crl-actor", "crl-broker", "crl-data"};
-    for (int i = 0; i < 4; i++) {
-        snprintf(p, sizeof(p), "%s/%s", bin, progs[i]);
-        if (access(p, X_OK) != 0)
-            cr_skip_test("%s is not built", p);
-    }
-    const char *base = getenv("CRL_TEST_TMP");
-    snprintf(T.dir, sizeof(T.dir), "%s/rm-%s-XXXXXX", base && *base ? base : "/tmp", name);
-    cr_assert_not_null(mkdtemp(T.dir), "mkdtemp: %s", strerror(errno));
-    for (int i = 0; i < 4; i++)
-        snprintf(T.ep[i], sizeof(T.ep[i]), "tcp://127.0.0.1:%d", free_port());
-
-    char data[600];
-    snprintf(data, sizeof(data), "%s/data", T.dir);
-    const char *dargs[] = {"--out", data, "--train", "30", "--val", "4", "--test", "4", "--grid",
-                           "2", "--image-size", "16", "--quiet", NULL};
-    int rc = run_cmd("crl-data", "data", dargs, 60);
-    cr_assert_eq(rc, 0, "crl-data exited with %d", rc);
-
-    char c[700], pol[700], err[1024];
-    snprintf(c, sizeof(c), "%s/train.critic.jsonl", data);
-    snprintf(pol, sizeof(pol), "%s/train.policy.jsonl", data);
-    const char *paths[2] = {c, pol};
-    tokenizer_t *tok = tok_train_files(paths, 2, 300, err, sizeof(err));
-    cr_assert_not_null(tok, "tokenizer: %s", err);
-    model_config_t mc = {.vocab_size = tok_vocab_size(tok), .dim = 32, .n_layers = 2, .n_heads = 2,
-                         .n_kv_heads = 2, .hidden_dim = 64, .max_seq_len = 512, .image_size = 16,
-                         .patch_size = 8, .tie_embeddings = 0, .rope_theta = 10000,
-                         .norm_eps = 1e-5f};
-    model_t *m = model_new(&mc, 0);
-    cr_assert_not_null(m);
-    rng_t r;
-    rng_seed(&r, 7);
-    model_init_random(m, &r);
-    snprintf(p, sizeof(p), "%s/base", T.dir);
-    cr_assert_eq(ckpt_save_model(m, p, err, sizeof(err)), 0, "%s", err);
-    snprintf(p, sizeof(p), "%s/base/tokenizer.json", T.dir);
-    cr_assert_eq(tok_save(tok, p, err, sizeof(err)), 0, "%s", err);
-    model_destroy(&m);
-    tok_destroy(&tok);
+    const char *const ids[] = {"a1", "a2"}, *const logs[] = {a1_log, a2_log};
+    pid_t lp = h_start_job(learner_log, steps, ckpt_every, ids, logs, 2);
+    int rc = h_wait_exit(lp, 60);
+    char *l = h_read_log(learner_log);
+    cr_assert_eq(rc, 0, "%s exited with %d; log ends:\n%s", who, rc, h_tail(l));
+    free(l);
 }
 
-typedef struct {
-    char buf[48][700];
-    const char *argv[128];
-    int n, k;
-} args_t;
-
-static void args_add(args_t *a, const char *s) { a->argv[a->n++] = s; a->argv[a->n] = NULL; }
-
-static void args_fmt(args_t *a, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(a->buf[a->k], sizeof(a->buf[0]), fmt, ap);
-    va_end(ap);
-    args_add(a, a->buf[a->k++]);
-}
-
-/* The live run's config (as test_integration.c; skip_zero_variance off so
- * that every group of the random model enters the loss and every step
- * really moves the weights). */
-static void common_args(args_t *a, const char *sub, int steps, int ckpt_every, const char *extra)
-{
-    memset(a, 0, sizeof(*a));
-    if (sub)
-        args_add(a, sub);
-    const char *sets[] = {"network.learner_work=%s", "network.broker_publish=%s",
-                          "network.broker_announce=%s", "network.broker_fetch=%s"};
-    for (int i = 0; i < 4; i++) {
-        args_add(a, "--set");
-        args_fmt(a, sets[i], T.ep[i]);
-    }
-    args_add(a, "--set");
-    args_fmt(a, "run.dir=%s/runs", T.dir);
-    args_add(a, "--set");
-    args_add(a, "run.name=it");
-    args_add(a, "--set");
-    args_fmt(a, "data.dir=%s/data", T.dir);
-    args_add(a, "--set");
-    args_fmt(a, "rl.init=%s/base", T.dir);
-    static const char *const fixed[] = {"rl.group_size=4", "rl.groups_per_step=2",
-                                        "rl.max_new_tokens=24", "rl.skip_zero_variance=false",
-                                        "rl.lr=1e-3", "learner.heartbeat_ms=100",
-                                        "learner.heartbeat_timeout_ms=1000",
-                                        "learner.traj_fsync=never"};
-    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
-        args_add(a, "--set");
-        args_add(a, fixed[i]);
-    }
-    args_add(a, "--set");
-    args_fmt(a, "rl.steps=%d", steps);
-    args_add(a, "--set");
-    args_fmt(a, "rl.checkpoint_every=%d", ckpt_every);
-    if (extra) {
-        args_add(a, "--set");
-        args_add(a, extra);
-    }
-}
-
-static pid_t start_learner(const char *log, int steps, int ckpt_every)
-{
-    args_t a;
-    common_args(&a, "rl", steps, ckpt_every, NULL);
-    return spawn("crl-learner", log, a.argv);
-}
-
-static pid_t start_actor_log(const char *id, const char *log)
-{
-    args_t a;
-    char set[64];
-    snprintf(set, sizeof(set), "actor.id=%s", id);
-    common_args(&a, NULL, 1, 0, set);
-    return spawn("crl-actor", log, a.argv);
-}
-
-static pid_t start_actor(const char *id) { return start_actor_log(id, id); }
-
-static pid_t start_broker(void)
-{
-    args_t a;
-    common_args(&a, NULL, 1, 0, NULL);
-    return spawn("crl-broker", "broker", a.argv);
-}
-
-/* broker + learner + 2 actors for `steps` steps; the learner must exit 0. */
 static void live_run(int steps, int ckpt_every)
 {
-    pid_t lp = start_learner("learner", steps, ckpt_every);
-    start_actor("a1");
-    start_actor("a2");
-    /* the broker last, once both actors said Hello: both take part from
-     * the first step */
-    wait_log("learner", "actor a1 (#", 30);
-    wait_log("learner", "actor a2 (#", 30);
-    start_broker();
-    int rc = wait_exit(lp, 60);
-    char *l = read_log("learner");
-    cr_assert_eq(rc, 0, "live learner exited with %d; log ends:\n%s", rc, tail_of(l));
-    free(l);
+    run_job("learner", "a1", "a2", steps, ckpt_every, "live learner");
 }
 
 /* Runs `crl-learner replay ARGS...` (NULL-terminated) with output in
  * DIR/<log>.log; returns the exit status. */
 static int replay(const char *log, ...)
 {
-    args_t a;
+    h_args_t a;
     memset(&a, 0, sizeof(a));
-    args_add(&a, "replay");
+    h_arg(&a, "replay");
     va_list ap;
     va_start(ap, log);
     const char *s;
     while ((s = va_arg(ap, const char *)) != NULL)
-        args_add(&a, s);
+        h_arg(&a, s);
     va_end(ap);
     return run_cmd("crl-learner", log, a.argv, 60);
 }
@@ -384,7 +95,7 @@ typedef struct {
 static int read_markers(marker_t *out, int max)
 {
     char dir[700], err[512];
-    snprintf(dir, sizeof(dir), "%s/runs/it/traj", T.dir);
+    snprintf(dir, sizeof(dir), "%s/runs/it/traj", H.dir);
     traj_log_reader_t *rd = traj_log_reader_open(dir, 0, err, sizeof(err));
     cr_assert_not_null(rd, "%s", err);
     typedef struct {
@@ -466,7 +177,7 @@ static void echo_steps(const char *title, const char *text)
 /* Tensor data (everything after the header) of a .safetensors file. */
 static char *tensor_data(const char *path, size_t *len, char **whole, size_t *whole_len)
 {
-    char *b = read_file(path, whole_len);
+    char *b = h_read_file_len(path, whole_len);
     cr_assert_not_null(b, "cannot read %s", path);
     cr_assert_geq(*whole_len, 8, "%s: too short", path);
     uint64_t hl = 0;
@@ -481,8 +192,8 @@ static char *tensor_data(const char *path, size_t *len, char **whole, size_t *wh
 static void assert_same_weights(const char *live_ckpt, const char *replay_ckpt)
 {
     char p1[700], p2[700];
-    snprintf(p1, sizeof(p1), "%s/runs/%s/model.safetensors", T.dir, live_ckpt);
-    snprintf(p2, sizeof(p2), "%s/runs/%s/model.safetensors", T.dir, replay_ckpt);
+    snprintf(p1, sizeof(p1), "%s/runs/%s/model.safetensors", H.dir, live_ckpt);
+    snprintf(p2, sizeof(p2), "%s/runs/%s/model.safetensors", H.dir, replay_ckpt);
     char *w1, *w2;
     size_t l1, l2, wl1, wl2;
     const char *d1 = tensor_data(p1, &l1, &w1, &wl1);
@@ -536,11 +247,11 @@ Test(replay_mode, reproduces_live_run_bit_for_bit, .fini = fini, .timeout = 120)
     cr_assert_eq(n_mk, 5, "the live log holds %d StepMarkers, expected 5", n_mk);
 
     char log[700];
-    snprintf(log, sizeof(log), "%s/runs/it/traj", T.dir);
-    double t0 = now_s();
+    snprintf(log, sizeof(log), "%s/runs/it/traj", H.dir);
+    double t0 = h_now();
     int rc = replay("replay", "--log", log, "--out", "rp", NULL);
-    double dt = now_s() - t0;
-    char *out = read_log("replay");
+    double dt = h_now() - t0;
+    char *out = h_read_log("replay");
     cr_assert_eq(rc, 0, "replay exited with %d:\n%s", rc, out);
     echo_steps("replay_mode/reproduces_live_run_bit_for_bit", out);
     fprintf(stderr, "replay took %.2f s (wall, with process start)\n", dt);
@@ -548,9 +259,9 @@ Test(replay_mode, reproduces_live_run_bit_for_bit, .fini = fini, .timeout = 120)
     cr_assert(strstr(out, "weights match the live run after 5 of 5 steps"), "summary:\n%s", out);
     assert_same_weights("it/ckpt/latest", "rp/ckpt/latest");
     char p[700];
-    snprintf(p, sizeof(p), "%s/runs/rp/metrics.jsonl", T.dir);
+    snprintf(p, sizeof(p), "%s/runs/rp/metrics.jsonl", H.dir);
     size_t ml;
-    char *metrics = read_file(p, &ml);
+    char *metrics = h_read_file_len(p, &ml);
     cr_assert_not_null(metrics, "no %s", p);
     int lines = 0;
     for (char *q = metrics; (q = strchr(q, '\n')); q++)
@@ -573,11 +284,11 @@ Test(replay_mode, replays_from_mid_run_checkpoint, .fini = fini, .timeout = 120)
     int n_mk = read_markers(mk, MAX_STEPS);
     cr_assert_eq(n_mk, 5);
     char log[700], from[700];
-    snprintf(log, sizeof(log), "%s/runs/it/traj", T.dir);
-    snprintf(from, sizeof(from), "%s/runs/it/ckpt/step-2", T.dir);
+    snprintf(log, sizeof(log), "%s/runs/it/traj", H.dir);
+    snprintf(from, sizeof(from), "%s/runs/it/ckpt/step-2", H.dir);
 
     int rc = replay("mid", "--log", log, "--from", from, "--out", "mid", NULL);
-    char *out = read_log("mid");
+    char *out = h_read_log("mid");
     cr_assert_eq(rc, 0, "replay exited with %d:\n%s", rc, out);
     echo_steps("replay_mode/replays_from_mid_run_checkpoint (--from step-2)", out);
     cr_assert(strstr(out, "(step 2): weights crc"), "no start check:\n%s", out);
@@ -587,7 +298,7 @@ Test(replay_mode, replays_from_mid_run_checkpoint, .fini = fini, .timeout = 120)
     free(out);
 
     rc = replay("last", "--log", log, "--steps", "5:5", "--out", "last", NULL);
-    out = read_log("last");
+    out = h_read_log("last");
     cr_assert_eq(rc, 0, "replay --steps 5:5 exited with %d:\n%s", rc, out);
     cr_assert(strstr(out, "ckpt/step-4 (step 4): weights crc"), "did not start at step-4:\n%s", out);
     assert_steps_match(out, mk, n_mk, 5, 5);
@@ -595,13 +306,13 @@ Test(replay_mode, replays_from_mid_run_checkpoint, .fini = fini, .timeout = 120)
     free(out);
 
     rc = replay("lr", "--log", log, "--out", "lr", "--set", "rl.lr=0.5", NULL);
-    out = read_log("lr");
+    out = h_read_log("lr");
     cr_assert_eq(rc, 2, "another rl.lr: exit %d, expected 2:\n%s", rc, out);
     cr_assert(strstr(out, "config mismatch") && strstr(out, "rl.lr = 0.5"),
               "the message does not name rl.lr:\n%s", out);
     free(out);
     rc = replay("gs", "--log", log, "--out", "gs", "--set", "rl.group_size=8", NULL);
-    out = read_log("gs");
+    out = h_read_log("gs");
     cr_assert_eq(rc, 2, "another rl.group_size: exit %d, expected 2:\n%s", rc, out);
     cr_assert(strstr(out, "rl.group_size = 8"), "the message does not name rl.group_size:\n%s", out);
     free(out);
@@ -616,23 +327,23 @@ Test(replay_mode, redone_steps_later_marker_wins, .fini = fini, .timeout = 150)
     setup("crash");
     /* a slower step (more tokens) gives the test time to kill the learner
      * between two checkpoints */
-    pid_t lp = start_learner("learner", 8, 3);
+    pid_t lp = h_start_learner("learner", 8, 3, NULL);
     pid_t others[3];
-    others[0] = start_actor("a1");
-    others[1] = start_actor("a2");
-    wait_log("learner", "actor a1 (#", 30);
-    wait_log("learner", "actor a2 (#", 30);
-    others[2] = start_broker();
+    others[0] = h_start_actor("a1", "a1");
+    others[1] = h_start_actor("a2", "a2");
+    h_wait_joined("learner", "a1");
+    h_wait_joined("learner", "a2");
+    others[2] = h_start_broker("broker");
     char ck[700], mpath[700];
-    snprintf(ck, sizeof(ck), "%s/runs/it/ckpt/step-3/trainer.json", T.dir);
-    snprintf(mpath, sizeof(mpath), "%s/runs/it/metrics.jsonl", T.dir);
-    double t0 = now_s();
+    snprintf(ck, sizeof(ck), "%s/runs/it/ckpt/step-3/trainer.json", H.dir);
+    snprintf(mpath, sizeof(mpath), "%s/runs/it/metrics.jsonl", H.dir);
+    double t0 = h_now();
     int killed = 0;
     while (!killed) {
-        if (now_s() - t0 > 60)
+        if (h_now() - t0 > 60)
             cr_assert_fail("no checkpoint at step 3 within 60 s");
         if (access(ck, R_OK) == 0) {
-            char *m = read_file(mpath, NULL);
+            char *m = h_read_file(mpath);
             int lines = 0;
             for (char *q = m; q && (q = strchr(q, '\n')); q++)
                 lines++;
@@ -642,12 +353,12 @@ Test(replay_mode, redone_steps_later_marker_wins, .fini = fini, .timeout = 150)
                 killed = 1;
             }
         }
-        if (!killed && wait_exit(lp, 0) != -1)
+        if (!killed && h_wait_exit(lp, 0) != -1)
             cr_assert_fail("the learner finished before it could be killed");
         if (!killed)
-            sleep_ms(2);
+            h_sleep_ms(2);
     }
-    cr_assert_eq(wait_exit(lp, 10), 128 + SIGKILL);
+    cr_assert_eq(h_wait_exit(lp, 10), 128 + SIGKILL);
     marker_t mk1[MAX_STEPS];
     int n1 = read_markers(mk1, MAX_STEPS);
     cr_assert_geq(n1, 4, "the killed learner logged %d markers", n1);
@@ -657,18 +368,9 @@ Test(replay_mode, redone_steps_later_marker_wins, .fini = fini, .timeout = 150)
      * by itself (reported; not what this test is about). */
     for (int i = 0; i < 3; i++) {
         kill(others[i], SIGKILL);
-        wait_exit(others[i], 10);
+        h_wait_exit(others[i], 10);
     }
-    lp = start_learner("learner2", 8, 3);
-    start_actor_log("a1", "a1-2");
-    start_actor_log("a2", "a2-2");
-    wait_log("learner2", "actor a1 (#", 30);
-    wait_log("learner2", "actor a2 (#", 30);
-    start_broker();
-    int rc = wait_exit(lp, 60);
-    char *l = read_log("learner2");
-    cr_assert_eq(rc, 0, "restarted learner exited with %d; log ends:\n%s", rc, tail_of(l));
-    free(l);
+    run_job("learner2", "a1-2", "a2-2", 8, 3, "restarted learner");
 
     marker_t mk[MAX_STEPS];
     int n_mk = read_markers(mk, MAX_STEPS);
@@ -695,9 +397,9 @@ Test(replay_mode, redone_steps_later_marker_wins, .fini = fini, .timeout = 150)
             n_mk, differ);
 
     char log[700];
-    snprintf(log, sizeof(log), "%s/runs/it/traj", T.dir);
-    rc = replay("replay", "--log", log, "--out", "rp", NULL);
-    char *out = read_log("replay");
+    snprintf(log, sizeof(log), "%s/runs/it/traj", H.dir);
+    int rc = replay("replay", "--log", log, "--out", "rp", NULL);
+    char *out = h_read_log("replay");
     cr_assert_eq(rc, 0, "replay exited with %d:\n%s", rc, out);
     echo_steps("replay_mode/redone_steps_later_marker_wins", out);
     assert_steps_match(out, win, n_win, 1, 8);
@@ -723,7 +425,7 @@ Test(replay_mode, corrupt_record_reported, .fini = fini, .timeout = 120)
     cr_assert_eq(m3->step, 3);
     cr_assert_gt(m3->key0_off, 0, "the GroupReceived of %s was not found", m3->key0);
     char file[700];
-    snprintf(file, sizeof(file), "%s/runs/it/traj/traj-%06u.log", T.dir, m3->key0_file);
+    snprintf(file, sizeof(file), "%s/runs/it/traj/traj-%06u.log", H.dir, m3->key0_file);
     int fd = open(file, O_RDWR);
     cr_assert_geq(fd, 0, "%s: %s", file, strerror(errno));
     unsigned char b;
@@ -734,9 +436,9 @@ Test(replay_mode, corrupt_record_reported, .fini = fini, .timeout = 120)
     close(fd);
 
     char log[700];
-    snprintf(log, sizeof(log), "%s/runs/it/traj", T.dir);
+    snprintf(log, sizeof(log), "%s/runs/it/traj", H.dir);
     int rc = replay("plain", "--log", log, "--out", "c1", NULL);
-    char *out = read_log("plain");
+    char *out = h_read_log("plain");
     cr_assert_eq(rc, 1, "replay of a corrupt log exited with %d, expected 1:\n%s", rc, out);
     char want[256], want_off[64];
     snprintf(want, sizeof(want), "traj-%06u.log", m3->key0_file);
@@ -747,7 +449,7 @@ Test(replay_mode, corrupt_record_reported, .fini = fini, .timeout = 120)
     free(out);
 
     rc = replay("skip", "--log", log, "--out", "c2", "--skip-corrupt", NULL);
-    out = read_log("skip");
+    out = h_read_log("skip");
     echo_steps("replay_mode/corrupt_record_reported (--skip-corrupt)", out);
     cr_assert_eq(rc, 1, "--skip-corrupt: exit %d, expected 1:\n%s", rc, out);
     assert_steps_match(out, mk, n_mk, 1, 2);
@@ -756,7 +458,7 @@ Test(replay_mode, corrupt_record_reported, .fini = fini, .timeout = 120)
     free(out);
 
     rc = replay("keep", "--log", log, "--out", "c3", "--skip-corrupt", "--keep-going", NULL);
-    out = read_log("keep");
+    out = h_read_log("keep");
     echo_steps("replay_mode/corrupt_record_reported (--skip-corrupt --keep-going)", out);
     cr_assert_eq(rc, 1, "--keep-going: exit %d, expected 1:\n%s", rc, out);
     for (uint64_t s = 3; s <= 5; s++) {
@@ -772,7 +474,7 @@ Test(replay_mode, corrupt_record_reported, .fini = fini, .timeout = 120)
 static void copy_file(const char *from, const char *to)
 {
     size_t n;
-    char *b = read_file(from, &n);
+    char *b = h_read_file_len(from, &n);
     cr_assert_not_null(b, "cannot read %s", from);
     FILE *f = fopen(to, "wb");
     cr_assert_not_null(f, "cannot write %s: %s", to, strerror(errno));
@@ -792,8 +494,8 @@ Test(replay_mode, log_without_group_positions, .fini = fini, .timeout = 120)
     int n_mk = read_markers(mk, MAX_STEPS);
     cr_assert_eq(n_mk, 4);
     char src[700], dst[700], err[512], a[700], b[700];
-    snprintf(src, sizeof(src), "%s/runs/it/traj", T.dir);
-    snprintf(dst, sizeof(dst), "%s/runs/old/traj", T.dir);
+    snprintf(src, sizeof(src), "%s/runs/it/traj", H.dir);
+    snprintf(dst, sizeof(dst), "%s/runs/old/traj", H.dir);
     traj_log_options_t opt;
     traj_log_options_default(&opt);
     opt.fsync_policy = TRAJ_FSYNC_NEVER;
@@ -824,17 +526,17 @@ Test(replay_mode, log_without_group_positions, .fini = fini, .timeout = 120)
     traj_log_reader_close(&rd);
     cr_assert_eq(traj_log_close(&out), 0);
     cr_assert_eq(stripped, 4);
-    snprintf(a, sizeof(a), "%s/runs/old/ref", T.dir);
+    snprintf(a, sizeof(a), "%s/runs/old/ref", H.dir);
     cr_assert_eq(ckpt_mkdirs(a, err, sizeof(err)), 0, "%s", err);
     static const char *const files[] = {"config.json", "ref/config.json", "ref/model.safetensors",
                                         "ref/tokenizer.json"};
     for (int i = 0; i < 4; i++) {
-        snprintf(a, sizeof(a), "%s/runs/it/%s", T.dir, files[i]);
-        snprintf(b, sizeof(b), "%s/runs/old/%s", T.dir, files[i]);
+        snprintf(a, sizeof(a), "%s/runs/it/%s", H.dir, files[i]);
+        snprintf(b, sizeof(b), "%s/runs/old/%s", H.dir, files[i]);
         copy_file(a, b);
     }
     rc = replay("old", "--log", dst, "--out", "oldrp", NULL);
-    char *text = read_log("old");
+    char *text = h_read_log("old");
     cr_assert_eq(rc, 0, "replay exited with %d:\n%s", rc, text);
     echo_steps("replay_mode/log_without_group_positions", text);
     assert_steps_match(text, mk, n_mk, 1, 4);
@@ -845,18 +547,11 @@ Test(replay_mode, log_without_group_positions, .fini = fini, .timeout = 120)
 /* Usage errors exit 2 with a message, before any work. */
 Test(replay_mode, missing_log_and_bad_arguments, .fini = fini, .timeout = 60)
 {
-    memset(&T, 0, sizeof(T));
-    const char *bin = getenv("CRL_BIN_DIR");
-    if (!bin || !*bin)
-        cr_skip_test("CRL_BIN_DIR is not set (run through `make test`, or set it to build/bin)");
-    snprintf(T.bin, sizeof(T.bin), "%s", bin);
-    const char *base = getenv("CRL_TEST_TMP");
-    snprintf(T.dir, sizeof(T.dir), "%s/rm-args-XXXXXX", base && *base ? base : "/tmp");
-    cr_assert_not_null(mkdtemp(T.dir));
+    h_begin("rm-args", NULL); /* no world: nothing runs */
     char traj[700], missing[700], noinit[700];
-    snprintf(traj, sizeof(traj), "%s/runs/x/traj", T.dir);
-    snprintf(missing, sizeof(missing), "%s/runs/nope/traj", T.dir);
-    snprintf(noinit, sizeof(noinit), "%s/no-such-ckpt", T.dir);
+    snprintf(traj, sizeof(traj), "%s/runs/x/traj", H.dir);
+    snprintf(missing, sizeof(missing), "%s/runs/nope/traj", H.dir);
+    snprintf(noinit, sizeof(noinit), "%s/no-such-ckpt", H.dir);
     char err[512];
     cr_assert_eq(ckpt_mkdirs(traj, err, sizeof(err)), 0, "%s", err);
 
@@ -875,35 +570,35 @@ Test(replay_mode, missing_log_and_bad_arguments, .fini = fini, .timeout = 60)
         {"out", {"--log", traj, "--out", "a/b", NULL}, "--out a/b"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        args_t a;
+        h_args_t a;
         memset(&a, 0, sizeof(a));
-        args_add(&a, "replay");
+        h_arg(&a, "replay");
         for (int k = 0; cases[i].args[k]; k++)
-            args_add(&a, cases[i].args[k]);
+            h_arg(&a, cases[i].args[k]);
         int rc = run_cmd("crl-learner", cases[i].name, a.argv, 30);
-        char *out = read_log(cases[i].name);
+        char *out = h_read_log(cases[i].name);
         cr_assert_eq(rc, 2, "case %s: exit %d, expected 2:\n%s", cases[i].name, rc, out);
         cr_assert(strstr(out, cases[i].says), "case %s: the message lacks \"%s\":\n%s",
                   cases[i].name, cases[i].says, out);
         free(out);
     }
     /* an empty log folder is no usage error, but nothing can be replayed */
-    args_t a;
+    h_args_t a;
     memset(&a, 0, sizeof(a));
-    args_add(&a, "replay");
-    args_add(&a, "--log");
-    args_add(&a, traj);
+    h_arg(&a, "replay");
+    h_arg(&a, "--log");
+    h_arg(&a, traj);
     int rc = run_cmd("crl-learner", "empty", a.argv, 30);
-    char *out = read_log("empty");
+    char *out = h_read_log("empty");
     cr_assert_eq(rc, 1, "empty log: exit %d, expected 1:\n%s", rc, out);
     cr_assert(strstr(out, "no StepMarker"), "%s", out);
     free(out);
     /* --help */
     memset(&a, 0, sizeof(a));
-    args_add(&a, "replay");
-    args_add(&a, "--help");
+    h_arg(&a, "replay");
+    h_arg(&a, "--help");
     rc = run_cmd("crl-learner", "help", a.argv, 30);
-    out = read_log("help");
+    out = h_read_log("help");
     cr_assert_eq(rc, 0);
     cr_assert(strstr(out, "usage: crl-learner replay --log"), "%s", out);
     free(out);
