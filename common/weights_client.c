@@ -142,8 +142,12 @@ static int fail_fetch(weights_fetcher_t *f, int rc, const char *fmt, ...)
     return rc;
 }
 
+/* A request whose send would block (the broker not connected yet, or its
+ * queue full) is sent again after this long rather than after retry_ms. */
+#define WEIGHTS_BLOCKED_RETRY_MS 50
+
 /* Sends the request of slot s (a send that would block still counts as
- * sent: the retry timer covers it). */
+ * sent: the retry timer covers it, sooner than for a lost request). */
 static void send_slot(weights_fetcher_t *f, slot_t *s, uint64_t now_ms)
 {
     Crl__Envelope env;
@@ -155,9 +159,14 @@ static void send_slot(weights_fetcher_t *f, slot_t *s, uint64_t now_ms)
     body.length = s->length;
     env.body_case = CRL__ENVELOPE__BODY_WEIGHTS_FETCH;
     env.weights_fetch = &body;
-    (void)wire_send(f->dealer, NULL, &env, NULL, 0, &f->wire);
+    int rc = wire_send(f->dealer, NULL, &env, NULL, 0, &f->wire);
     f->stats.requests_sent++;
     s->sent_ms = now_ms;
+    /* An actor started before its broker would otherwise wait a whole
+     * retry_ms (1 s) for its first weights. */
+    if (rc != 0 && f->opts.retry_ms > WEIGHTS_BLOCKED_RETRY_MS &&
+        now_ms > (uint64_t)f->opts.retry_ms)
+        s->sent_ms = now_ms - (uint64_t)(f->opts.retry_ms - WEIGHTS_BLOCKED_RETRY_MS);
 }
 
 /* Fills free slots with the next ranges: tails first, then fresh ones. */
