@@ -811,6 +811,8 @@ static cJSON *val_to_json(const sft_val_result_t *v)
     cJSON_AddNumberToObject(o, "critic_says_a", v->critic_says_a);
     cJSON_AddNumberToObject(o, "critic_format", v->critic_format);
     cJSON_AddNumberToObject(o, "critic_no_verdict", v->critic_no_verdict);
+    cJSON_AddNumberToObject(o, "caption_n", v->caption_n);
+    cJSON_AddNumberToObject(o, "caption_recall", v->caption_recall);
     return o;
 }
 
@@ -831,11 +833,14 @@ static void val_from_json(const cJSON *o, sft_val_result_t *v)
     GETNUM(critic_says_a);
     GETNUM(critic_format);
     GETNUM(critic_no_verdict);
+    GETNUM(caption_recall);
 #undef GETNUM
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, "policy_n");
     v->policy_n = cJSON_IsNumber(it) ? it->valueint : 0;
     it = cJSON_GetObjectItemCaseSensitive(o, "critic_n");
     v->critic_n = cJSON_IsNumber(it) ? it->valueint : 0;
+    it = cJSON_GetObjectItemCaseSensitive(o, "caption_n");
+    v->caption_n = cJSON_IsNumber(it) ? it->valueint : 0;
 }
 
 static char *trainer_json(const sft_t *s, double elapsed_s, const char *extra_json)

@@ -471,6 +471,9 @@ Test(sft, run_end_to_end_then_resume_matches_an_uninterrupted_run)
     cr_assert_eq(sft_run(&c, &o, &s3, err, sizeof err), 0, "sft_run (done): %s", err);
     cr_assert_eq(s3.steps_done, 20);
     cr_assert(s3.validated && s3.val.policy_n == 4, "the stored validation was not reported");
+    cr_assert(s3.val.caption_n == 3 && s3.val.caption_recall == sa.val.caption_recall,
+              "stored caption validation: %d captions, recall %g (the run reported %g)",
+              s3.val.caption_n, s3.val.caption_recall, sa.val.caption_recall);
     snprintf(path, sizeof path, "%s/whole/metrics.jsonl", c.run.dir);
     lines = count_lines(path);
     cr_assert(lines == 21, "a finished run re-run changed metrics.jsonl to %d lines", lines);
