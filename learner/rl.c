@@ -200,6 +200,7 @@ typedef struct {
     lio_counts_t io_counts;            /* posted by the I/O thread */
     int live_actors;
     int compute_done, io_done, fatal;
+    int final_saved; /* the end's checkpoint is written (or will not be): actors may leave */
     int snap_req, snap_ready;
     rl_snapshot_t snap;
     char fatal_msg[1024];
@@ -410,6 +411,7 @@ typedef struct {
     uint64_t last_hb_ms;
     uint64_t unknown_peer_msgs;
     int draining;              /* no more grants; arriving groups are dropped SHUTDOWN */
+    int finished;              /* the run is complete (not stopped): Bye waits for the checkpoint */
     int said_bye;
     const char *bye_reason;
     uint64_t drain_deadline;   /* phase 1: actors pick up the final weights */
@@ -1018,6 +1020,7 @@ static void *io_main(void *arg)
         if (compute_done && !s.draining) {
             s.draining = 1;
             int finished = !g_stop && !r->fatal;
+            s.finished = finished;
             s.bye_reason = finished ? "finished" : "stopping (learner shut down; it may come back)";
             uint64_t wait = finished ? (uint64_t)r->cfg.learner.heartbeat_timeout_ms : 0;
             if (wait > RL_DRAIN_MAX_MS)
@@ -1027,9 +1030,13 @@ static void *io_main(void *arg)
         if (s.draining && !s.said_bye) {
             pthread_mutex_lock(&r->mu);
             uint64_t final_v = r->pub_version, acked = r->acked_version;
+            /* "finished" sends actors away for good: say it only once the
+             * final checkpoint is on disk, or a learner killed while
+             * writing it would come back to a run with no actors. */
+            int saved = r->final_saved || !s.finished || g_stop || r->fatal;
             pthread_mutex_unlock(&r->mu);
-            if (now >= s.drain_deadline ||
-                (acked >= final_v && lio_all_live_at_version(r->lio, final_v))) {
+            if (saved && (now >= s.drain_deadline ||
+                          (acked >= final_v && lio_all_live_at_version(r->lio, final_v)))) {
                 if (now >= s.drain_deadline && s.drain_deadline > 0 && !g_stop && acked >= final_v &&
                     !lio_all_live_at_version(r->lio, final_v))
                     log_warn("not every actor reported version %" PRIu64 " before the end",
@@ -2248,12 +2255,15 @@ int learner_rl_main(int argc, char **argv)
         log_error("cannot start the compute thread");
         pthread_mutex_lock(&r->mu);
         r->compute_done = 1;
+        r->final_saved = 1;
         pthread_mutex_unlock(&r->mu);
         pthread_join(io_thr, NULL);
         goto out;
     }
     pthread_join(comp_thr, NULL);
-    pthread_join(io_thr, NULL);
+    /* The I/O thread keeps draining (actors pick up the final weights,
+     * late groups are dropped) while the final checkpoint is written; it
+     * says Bye only after that (final_saved). */
 
     /* ---- the end: leftover groups, final checkpoint, plot, accounting ---- */
     {
@@ -2263,7 +2273,23 @@ int learner_rl_main(int argc, char **argv)
         /* snapshot first, so that the prompts of the queued groups are
          * re-granted on resume; then the groups themselves are dropped */
         rl_snapshot_t sn;
-        int snap_ok = take_snapshot(r, &sn) == 0;
+        /* The I/O thread still runs (it owns the grant state): it takes
+         * the snapshot, as for a periodic checkpoint; once it has exited
+         * the state is ours to read. */
+        r->snap_req = 1;
+        r->snap_ready = 0;
+        while (!r->snap_ready && !r->io_done)
+            pthread_cond_wait(&r->cv, &r->mu);
+        int snap_ok, from_io = r->snap_ready;
+        if (from_io) {
+            sn = r->snap;
+            memset(&r->snap, 0, sizeof(r->snap));
+            snap_ok = sn.requeue != NULL;
+        } else {
+            snap_ok = take_snapshot(r, &sn) == 0;
+        }
+        r->snap_req = 0;
+        r->snap_ready = 0;
         while ((it = lio_queue_pop(r->queue, NULL)) != NULL) {
             log_dropped(r, it, CRL__DROP_REASON__DROP_REASON_SHUTDOWN, V);
             r->cdropped[CRL__DROP_REASON__DROP_REASON_SHUTDOWN]++;
@@ -2276,7 +2302,8 @@ int learner_rl_main(int argc, char **argv)
             sn.pending_file = sn.log_file;
             sn.pending_off = sn.log_off;
             sn.log_seq = r->log_seq;
-            lio_get_counts(r->lio, &sn.io);
+            if (!from_io)
+                lio_get_counts(r->lio, &sn.io);
         }
         int fatal = r->fatal;
         pthread_mutex_unlock(&r->mu);
@@ -2300,6 +2327,20 @@ int learner_rl_main(int argc, char **argv)
             log_error("final checkpoint: out of memory");
             ckpt_failed = 1;
         }
+        pthread_mutex_lock(&r->mu);
+        r->final_saved = 1;
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(io_thr, NULL);
+        /* groups queued by the I/O thread after the snapshot */
+        pthread_mutex_lock(&r->mu);
+        while ((it = lio_queue_pop(r->queue, NULL)) != NULL) {
+            log_dropped(r, it, CRL__DROP_REASON__DROP_REASON_SHUTDOWN, V);
+            r->cdropped[CRL__DROP_REASON__DROP_REASON_SHUTDOWN]++;
+            r->consumed++;
+            item_free(&it);
+        }
+        pthread_mutex_unlock(&r->mu);
+        traj_log_sync(r->log);
         metrics_close(&r->mx);
         static const char *const fields[] = {"reward", "preference_acc", "format_rate",
                                              "response_len", "kl", "entropy", "clip_fraction",
